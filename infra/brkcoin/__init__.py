@@ -1,0 +1,1 @@
+"""brkcoin: run, schedule, benchmark and deploy the BRK coin miner's functions."""

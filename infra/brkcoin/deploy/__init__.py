@@ -1,0 +1,1 @@
+"""Deploy targets: compose, k8s, aws, gcp (see cli.py)."""

