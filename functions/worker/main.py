@@ -48,6 +48,7 @@ FLUSH_GRACE = float(os.environ.get("WORKER_FLUSH_GRACE", "10"))
 RECENT_COINS = 100  # capped list `coins:recent` beside the wallet, for the web UI
 
 HELLO = f"WORKER running on {socket.gethostname()}\n"
+UNAUTHORIZED = "missing or wrong 'Authorization: Bearer <WORKER_TOKEN>'"
 INPUTS = {  # name: (default, low, high, type)
     "seconds": (DEFAULT_SECONDS, 0.0, MAX_SECONDS, float),
     "concurrency": (1, 1, MAX_CONCURRENCY, int),
@@ -57,22 +58,22 @@ INPUTS = {  # name: (default, low, high, type)
 # Adds one flush to the wallet exactly once: a retried flush (same marker key,
 # e.g. after a reply lost to a Redis restart) returns its first result instead
 # of counting twice.
-# KEYS: hashes, wallet, recent, marker. ARGV: now, hashes, digest1, bytes1, ...
+# KEYS: hashes, wallet, recent, marker. ARGV: now, hashes, cap, digest1, bytes1, ...
 _FLUSH_LUA = """
 local done = redis.call('GET', KEYS[4])
 if done then return tonumber(done) end
 redis.call('INCRBY', KEYS[1], ARGV[2])
 local new = 0
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
     new = new + 1
     redis.call('LPUSH', KEYS[3], cjson.encode({digest = ARGV[i], time = tonumber(ARGV[1])}))
   end
 end
-if new > 0 then redis.call('LTRIM', KEYS[3], 0, %d) end
+if new > 0 then redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1) end
 redis.call('SET', KEYS[4], new, 'EX', 3600)
 return new
-""" % (RECENT_COINS - 1)
+"""
 
 _redis = redis.Redis.from_url(
     REDIS_URL, socket_timeout=2, socket_connect_timeout=2, retry_on_timeout=False
@@ -104,8 +105,11 @@ def parse_inputs(data: object) -> dict:
         if kind is int:
             ok_type = ok_type and float(value).is_integer()
         if not ok_type or not (low < value <= high if kind is float else low <= value <= high):
-            bound = f"above {low:g} and at most {high:g}" if kind is float else f"from {low} to {high}"
-            raise BadInput(f"{name} must be {'a number' if kind is float else 'an integer'} {bound}, got {value!r}")
+            if kind is float:
+                wanted = f"a number above {low:g} and at most {high:g}"
+            else:
+                wanted = f"an integer from {low} to {high}"
+            raise BadInput(f"{name} must be {wanted}, got {value!r}")
         inputs[name] = kind(value)
     return inputs
 
@@ -208,7 +212,7 @@ class Recorder:
                 return True
             self.inflight = (f"brkcoin:flush:{uuid.uuid4().hex}", hashes, coins)
         marker, hashes, coins = self.inflight
-        args: list = [time.time(), hashes]
+        args: list = [time.time(), hashes, RECENT_COINS]
         for digest, data in coins.items():
             args += [digest, data]
         try:
@@ -321,7 +325,8 @@ def _run(data: object) -> flask.Response:
     except BadInput as e:
         return _json(400, {"error": str(e)})
     status, summary = mine(**inputs)
-    print(json.dumps({"severity": "INFO" if status == 200 else "ERROR", "worker": summary}), flush=True)
+    severity = "INFO" if status == 200 else "ERROR"  # structured log for Cloud Logging
+    print(json.dumps({"severity": severity, "worker": summary}), flush=True)
     return _json(status, summary)
 
 
@@ -332,7 +337,7 @@ def worker(request: flask.Request) -> flask.Response:
     if request.method != "POST":
         return _json(405, {"error": f"method {request.method} not allowed; POST / to mine"})
     if not _authorized(request):
-        return _json(401, {"error": "missing or wrong 'Authorization: Bearer <WORKER_TOKEN>'"})
+        return _json(401, {"error": UNAUTHORIZED})
     body = request.get_data()
     if not body.strip():
         return _run(None)
@@ -358,7 +363,7 @@ def event_inputs(data: object) -> object:
 def worker_event(event) -> None:
     """CloudEvent trigger; answers like `worker` (400, 401, 503 with a JSON body)."""
     if not _authorized(flask.request):
-        flask.abort(_json(401, {"error": "missing or wrong 'Authorization: Bearer <WORKER_TOKEN>'"}))
+        flask.abort(_json(401, {"error": UNAUTHORIZED}))
     try:
         data = event_inputs(event.get_data())
     except ValueError as e:  # bad JSON or base64
