@@ -1,0 +1,72 @@
+"""hasher keeps DockerCoins' wire contract: SHA-256 hex of the raw body."""
+
+import hashlib
+import socket
+
+import pytest
+
+# FIPS 180-2 / NIST known-answer vectors
+VECTORS = [
+    (b"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    (b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+    (
+        b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+    ),
+    (b"a" * 1_000_000, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"),
+]
+
+
+def test_root_says_hello_with_hostname(client):
+    response = client("hasher").get("/")
+    assert response.data == f"HASHER running on {socket.gethostname()}\n".encode()
+
+
+@pytest.mark.parametrize("body, digest", VECTORS)
+def test_known_answers(client, body, digest):
+    response = client("hasher").post(
+        "/", data=body, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert response.data.decode() == digest
+
+
+def test_batch_gives_one_digest_per_chunk_in_order(client):
+    units = [bytes([i]) * 32 for i in range(5)]
+    response = client("hasher").post("/?chunk=32", data=b"".join(units))
+    assert response.status_code == 200
+    assert response.data.decode().split("\n") == [hashlib.sha256(u).hexdigest() for u in units]
+
+
+def test_body_over_limit_is_413(client):
+    response = client("hasher").post("/", data=b"x" * (1024 * 1024 + 1))
+    assert response.status_code == 413
+    assert "limit of 1048576 bytes" in response.get_json()["error"]
+
+
+def test_body_at_limit_is_hashed(client):
+    body = b"x" * (1024 * 1024)
+    response = client("hasher").post("/", data=body)
+    assert response.data.decode() == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("chunk", ["0", "-3", "x", "1.5", "1048577"])
+def test_bad_chunk_is_400(client, chunk):
+    response = client("hasher").post(f"/?chunk={chunk}", data=b"a" * 32)
+    assert response.status_code == 400
+    assert "chunk must be an integer" in response.get_json()["error"]
+
+
+def test_body_not_multiple_of_chunk_is_400(client):
+    response = client("hasher").post("/?chunk=32", data=b"a" * 33)
+    assert response.status_code == 400
+    assert "not a multiple of chunk=32" in response.get_json()["error"]
+
+
+def test_wrong_method_and_path_are_json_errors(client):
+    hasher = client("hasher")
+    assert hasher.put("/", data=b"a").status_code == 405
+    response = hasher.post("/elsewhere", data=b"a")
+    assert response.status_code == 404
+    assert "error" in response.get_json()
