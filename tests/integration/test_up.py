@@ -1,0 +1,169 @@
+"""`brkcoin up` as a user runs it: it mines, answers `status` and `mine`, stops
+every process it started on Ctrl-C, SIGTERM or a closed terminal, and cleans up
+after a crashed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+from brkcoin.layout import FUNCTIONS
+from brkcoin.processes import free_port
+from support import assert_wallet_holds_only_true_coins
+
+BRKCOIN = str(Path(sys.executable).with_name("brkcoin"))
+
+
+class Up:
+    """A `brkcoin up` subprocess on free ports with its own data folder."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.ports = {n: free_port() for n in FUNCTIONS} | {"redis": free_port()}
+        self.data_dir = data_dir
+        args = [f"--{n}-port={p}" for n, p in self.ports.items()]
+        self.process = subprocess.Popen(
+            [BRKCOIN, "up", "--data-dir", str(data_dir), "--every", "2s", *args, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        give_up = time.monotonic() + timeout
+        while text not in self.output:
+            assert self.process.poll() is None or text in self.output, self.output
+            assert time.monotonic() < give_up, f"no {text!r} in:\n{self.output}"
+            time.sleep(0.1)
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(port=self.ports["redis"], socket_timeout=2)
+
+
+@pytest.fixture
+def up(tmp_path):
+    started: list[Up] = []
+
+    def start(*extra: str) -> Up:
+        started.append(Up(tmp_path / "data", *extra))
+        return started[-1]
+
+    yield start
+    for each in started:
+        if each.process.poll() is None:
+            each.process.kill()
+        for child in psutil.Process().children(recursive=True):
+            if child.pid != each.process.pid:
+                child.kill()
+
+
+def assert_all_gone(processes: list[psutil.Process], timeout: float = 15) -> None:
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def test_up_mines_answers_status_and_mine(up):
+    stack = up()
+    stack.wait_for("brkcoin is up")
+    client = stack.redis()
+    give_up = time.monotonic() + 30
+    while int(client.get("hashes") or 0) < 20:
+        assert time.monotonic() < give_up, stack.output
+        time.sleep(0.5)
+    assert_wallet_holds_only_true_coins(client)
+
+    status = subprocess.run(
+        [BRKCOIN, "status", "--redis-url", f"redis://127.0.0.1:{stack.ports['redis']}/0",
+         "--sample", "1.5"], capture_output=True, text=True, timeout=30,
+    )
+    report = json.loads(status.stdout)
+    assert report["hashes"] >= 20 and report["rate"] > 0
+
+    mined = subprocess.run(
+        [BRKCOIN, "mine", "--url", f"http://127.0.0.1:{stack.ports['worker']}", "--seconds", "1"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert mined.returncode == 0, mined.stderr
+    assert json.loads(mined.stdout)["hashes"] > 0
+
+    log = (stack.data_dir / "logs" / "scheduler.log").read_text()
+    assert "worker 200:" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_stopping_up_leaves_no_process_behind(up, sig):
+    stack = up()
+    stack.wait_for("brkcoin is up")
+    children = stack.descendants()
+    assert len(children) >= 4  # redis + a functions-framework master (and worker) each
+    stack.process.send_signal(sig)
+    assert stack.process.wait(30) == 0
+    stack.wait_for("stopped every process it started")
+    assert_all_gone(children)
+    assert not (stack.data_dir / "stack.json").exists()
+
+
+def test_a_killed_up_takes_its_children_with_it(up):
+    stack = up()
+    stack.wait_for("brkcoin is up")
+    children = stack.descendants()
+    stack.process.kill()  # no cleanup code runs: PDEATHSIG does the work
+    assert_all_gone(children)
+
+
+def test_next_up_stops_the_leftovers_of_a_crashed_run(up, tmp_path):
+    # A leftover as a crashed run on a platform without PDEATHSIG would leave it:
+    # recorded in stack.json by an owner that is gone, still running.
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    dead_owner = subprocess.Popen(["true"])
+    dead_owner.wait()
+    (data_dir / "stack.json").write_text(json.dumps({
+        "owner": dead_owner.pid,
+        "processes": [{"name": "rng", "pid": orphan.pid, "cmdline": ["sleep", "300"]}],
+    }))
+    stack = up()
+    stack.wait_for("brkcoin is up")
+    assert f"stopped a leftover rng (pid {orphan.pid})" in stack.output
+    assert orphan.wait(10) is not None
+
+
+def test_a_taken_port_gives_a_clear_message(up):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        stack = up(f"--hasher-port={port}")
+        assert stack.process.wait(30) == 1
+    assert f"port 127.0.0.1:{port} for hasher is already in use" in stack.output
+    assert "Traceback" not in stack.output
+
+
+def test_a_bad_schedule_gives_a_clear_message(tmp_path):
+    result = subprocess.run([BRKCOIN, "up", "--data-dir", str(tmp_path), "--schedule", "* *"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "bad cron expression" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,99 @@
+"""The local scheduler fires on its cron or interval; an injected clock makes
+hours of cron run in a moment."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from brkcoin.scheduler import BadSchedule, Cron, Scheduler, WorkerTrigger, parse_every
+
+
+class FakeClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        self.now += timedelta(seconds=seconds)
+        return False
+
+
+def run(schedule, start: datetime, ticks: int) -> list[tuple[datetime, float]]:
+    clock = FakeClock(start)
+    fired: list[tuple[datetime, float]] = []
+    Scheduler(schedule, lambda period: fired.append((clock.now, period)), clock, clock.wait).run(
+        ticks
+    )
+    return fired
+
+
+def test_interval_fires_at_once_then_every_period():
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    fired = run(parse_every("10s"), start, 4)
+    assert [t for t, _ in fired] == [start + timedelta(seconds=10 * i) for i in range(4)]
+    assert all(period == 10 for _, period in fired)
+
+
+def test_cron_fires_on_the_minute_marks():
+    start = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
+    fired = run(Cron("*/5 * * * *"), start, 3)
+    assert [t.strftime("%H:%M:%S") for t, _ in fired] == ["12:05:00", "12:10:00", "12:15:00"]
+    assert all(period == 300 for _, period in fired)
+
+
+def test_cron_skips_ticks_missed_while_busy():
+    start = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    clock = FakeClock(start)
+    fired: list[datetime] = []
+
+    def slow_fire(period: float) -> None:
+        fired.append(clock.now)
+        clock.now += timedelta(minutes=3)  # the tick itself took three minutes
+
+    Scheduler(Cron("* * * * *"), slow_fire, clock, clock.wait).run(3)
+    assert [t.strftime("%H:%M") for t in fired] == ["12:01", "12:05", "12:09"]
+
+
+@pytest.mark.parametrize("text, seconds", [("10s", 10), ("2m", 120), ("1h", 3600), ("0.5", 0.5)])
+def test_parse_every(text, seconds):
+    assert parse_every(text).seconds == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "ten", "-5s", "0s", "5d"])
+def test_bad_interval_is_refused(bad):
+    with pytest.raises(BadSchedule):
+        parse_every(bad)
+
+
+def test_bad_cron_is_refused():
+    with pytest.raises(BadSchedule, match="bad cron expression"):
+        Cron("61 * * * *")
+
+
+def test_real_interval_invokes_the_worker_like_cloud_scheduler(mining_stack):
+    """A real short interval against a real worker: each tick sends POST {"seconds"}."""
+    logged: list[str] = []
+    done = threading.Event()
+
+    def log(line: str) -> None:
+        logged.append(line)
+        if len(logged) == 2:
+            done.set()
+
+    trigger = WorkerTrigger(mining_stack["worker"].url, workers=1, log=log)
+    scheduler = Scheduler(parse_every("1.2s"), trigger)
+    thread = threading.Thread(target=scheduler.run, daemon=True)
+    thread.start()
+    assert done.wait(15), logged
+    scheduler.stop()
+    thread.join(5)
+    trigger.close()
+    assert all(line.startswith("worker 200:") for line in logged[:2])
+    summary = json.loads(logged[0].removeprefix("worker 200:"))
+    assert 1.1 <= summary["seconds"] < 1.2 + 1  # mines 55/60 of the 1.2 s tick
+    assert int(mining_stack["redis"].client().get("hashes")) > 0
