@@ -63,20 +63,21 @@ _FLUSH_LUA = """
 local done = redis.call('GET', KEYS[4])
 if done then return tonumber(done) end
 redis.call('INCRBY', KEYS[1], ARGV[2])
-local new = 0
+local new = {}
 for i = 4, #ARGV, 2 do
-  if redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    new = new + 1
-    redis.call('LPUSH', KEYS[3], cjson.encode({digest = ARGV[i], time = tonumber(ARGV[1])}))
-  end
+  if redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then new[#new + 1] = ARGV[i] end
 end
-if new > 0 then redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1) end
-redis.call('SET', KEYS[4], new, 'EX', 3600)
-return new
+local cap = tonumber(ARGV[3])
+for j = math.max(1, #new - cap + 1), #new do
+  redis.call('LPUSH', KEYS[3], cjson.encode({digest = new[j], time = tonumber(ARGV[1])}))
+end
+if #new > 0 then redis.call('LTRIM', KEYS[3], 0, cap - 1) end
+redis.call('SET', KEYS[4], #new, 'EX', 3600)
+return #new
 """
 
 _redis = redis.Redis.from_url(
-    REDIS_URL, socket_timeout=2, socket_connect_timeout=2, retry_on_timeout=False
+    REDIS_URL, socket_timeout=5, socket_connect_timeout=2, retry_on_timeout=False
 )
 _flush_script = _redis.register_script(_FLUSH_LUA)
 
@@ -170,6 +171,7 @@ class Tally:
     coins: int = 0
     new_coins: int = 0
     errors: dict = field(default_factory=lambda: {"rng": 0, "hasher": 0, "redis": 0})
+    last_errors: dict = field(default_factory=dict)  # kind -> the latest message, for logs
     pending_hashes: int = 0
     pending_coins: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -181,9 +183,10 @@ class Tally:
             self.coins += len(coins)
             self.pending_coins.update(coins)
 
-    def error(self, kind: str) -> None:
+    def error(self, kind: str, message: str) -> None:
         with self.lock:
             self.errors[kind] += 1
+            self.last_errors[kind] = message[:300]
 
     def take(self) -> tuple[int, dict]:
         with self.lock:
@@ -202,7 +205,6 @@ class Recorder:
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
         self.inflight: tuple[str, int, dict] | None = None
-        self.last_error = ""
 
     def flush(self) -> bool:
         """Record everything pending; True when nothing is left unrecorded."""
@@ -218,8 +220,7 @@ class Recorder:
         try:
             new = _flush_script(keys=["hashes", "wallet", "coins:recent", marker], args=args)
         except redis.RedisError as e:
-            self.tally.error("redis")
-            self.last_error = repr(e)
+            self.tally.error("redis", repr(e))
             return False
         self.tally.new_coins += int(new)
         self.inflight = None
@@ -252,8 +253,8 @@ def mine_loop(tally: Tally, deadline: float, batch: int) -> None:
                 text = hasher.call("POST", hash_path, data).decode("ascii")
                 if len(text) != 65 * batch - 1:
                     raise UpstreamError(f"hasher answer of {len(text)} chars for {batch} units")
-            except (UpstreamError, UnicodeDecodeError):
-                tally.error(kind)
+            except (UpstreamError, UnicodeDecodeError) as e:
+                tally.error(kind, str(e))
                 failures += 1
                 pause = min(1.0, 0.05 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
@@ -296,13 +297,15 @@ def mine(seconds: float, concurrency: int, batch: int) -> tuple[int, dict]:
         "coins": tally.coins,
         "new_coins": tally.new_coins,
         "errors": tally.errors,
+        "last_errors": tally.last_errors,
         "seconds": round(time.monotonic() - started, 3),
         "concurrency": concurrency,
         "batch": batch,
     }
     left = recorder.unrecorded()
     if left["hashes"] or left["coins"]:
-        summary["error"] = f"redis unreachable, counts not recorded: {recorder.last_error}"
+        reason = tally.last_errors.get("redis", "")
+        summary["error"] = f"redis unreachable, counts not recorded: {reason}"
         summary["unrecorded"] = left
         return 503, summary
     return 200, summary

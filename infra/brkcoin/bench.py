@@ -79,6 +79,7 @@ def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int) -> dic
         "hashes_per_s": round(hashes / summary["seconds"], 1),
         "cpu_ms_per_hash": round(cpu * 1000 / hashes, 4) if hashes else None,
         "errors": sum(summary["errors"].values()),
+        "last_errors": summary["last_errors"],
     }
 
 
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         }
     report["in_process_hashes_per_s"] = round(in_process_limit())
     best = max(report["batch1"] + report["batched"], key=lambda c: c["hashes_per_s"])
-    report["best_over_in_process"] = round(best["hashes_per_s"] / report["in_process_hashes_per_s"], 3)
+    limit = report["in_process_hashes_per_s"]
+    report["best_over_in_process"] = round(best["hashes_per_s"] / limit, 3)
     print(json.dumps(report, indent=2))
     return 0

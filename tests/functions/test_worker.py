@@ -111,3 +111,25 @@ def test_cloud_event_needs_token_when_set(client):
     worker = client("worker", "worker_event", WORKER_TOKEN="s3cret", RNG_URL=DEAD)
     headers, body = _cloud_event({"seconds": 0.1})
     assert worker.post("/", headers=headers, data=body).status_code == 401
+
+
+def test_a_retried_flush_counts_once(client, redis_server):
+    """A flush whose reply was lost (Redis restarting) is retried with the same
+    marker; the wallet script must not count it twice."""
+    import sys
+
+    client("worker", REDIS_URL=redis_server.url)
+    worker = sys.modules["main"]  # the module create_app just loaded
+    tally = worker.Tally()
+    coin = ("0" + "a" * 63, b"r" * 32)
+    tally.add(5, [coin])
+    recorder = worker.Recorder(tally)
+    assert recorder.flush()
+    recorder.inflight = ("brkcoin:flush:lost-reply", 5, dict([coin]))
+    assert recorder.flush()
+    recorder.inflight = ("brkcoin:flush:lost-reply", 5, dict([coin]))  # the retry
+    assert recorder.flush()
+    redis = redis_server.client()
+    assert int(redis.get("hashes")) == 10  # the first flush and lost-reply once
+    assert redis.hget("wallet", coin[0]) == coin[1]
+    assert tally.new_coins == 1
