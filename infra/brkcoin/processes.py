@@ -1,7 +1,9 @@
 """Start, watch and stop the local processes, leaving none behind.
 
 Each child gets PR_SET_PDEATHSIG, so it is sent SIGTERM even when its parent
-dies without cleaning up (kill -9, a closed terminal).
+dies without cleaning up (kill -9, a closed terminal). The signal follows the
+*thread* that started the child, so start children from a long-lived thread
+(the main one), not from a pool.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class Stack:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
-        self.names = tuple(n for n in names if FUNCTIONS[n].source.exists())
+        self.names = names
         self.ports = {n: FUNCTIONS[n].port for n in self.names} | (ports or {})
         self.redis = None if redis_url else RedisServer(self.data_dir / "redis", redis_port, host)
         self.redis_url = redis_url or self.redis.url
