@@ -17,6 +17,7 @@ up: $(BIN)/brkcoin
 	$(BIN)/brkcoin up
 
 test: $(BIN)/brkcoin
+	sh infra/install-browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

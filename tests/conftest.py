@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from brkcoin.layout import FUNCTIONS, WORKER_EVENT
 from brkcoin.processes import FunctionProcess, free_port
 from brkcoin.redis_server import RedisServer

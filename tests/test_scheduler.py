@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from brkcoin.scheduler import BadSchedule, Cron, Scheduler, WorkerTrigger, parse_every
 
 

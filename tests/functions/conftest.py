@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import functions_framework
 import pytest
-from brkcoin.layout import FUNCTIONS
 from flask.testing import FlaskClient
+
+from brkcoin.layout import FUNCTIONS
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+
 from brkcoin.processes import free_port
 from brkcoin.stack import Stack
 from support import assert_wallet_holds_only_true_coins, mine

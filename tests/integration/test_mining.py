@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import requests
+
 from support import assert_wallet_holds_only_true_coins, mine
 
 

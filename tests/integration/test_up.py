@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+
 from brkcoin.layout import FUNCTIONS
 from brkcoin.processes import free_port
 from support import assert_wallet_holds_only_true_coins

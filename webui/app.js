@@ -1,0 +1,362 @@
+/* BRK coin miner web UI: reads the webui function once a second, draws the speed.
+ *
+ * Works served by the webui function itself (same origin, relative URLs as in
+ * DockerCoins) or from any static host with ?api=http://HOST:PORT pointing at it.
+ * Pure helpers (rate, addSample, ...) are on window.brkcoin for the tests.
+ */
+(function () {
+  "use strict";
+
+  const POLL_MS = 1000;
+  const HEALTH_MS = 5000;
+  const FETCH_TIMEOUT_MS = 3000;
+  // Why 5 s: see rate() below.
+  const RATE_WINDOW_S = 5;
+  // No speed until the readings span this long: a shorter span is too coarse.
+  const MIN_SPAN_S = 3;
+  const CHART_SPAN_S = 300; // the chart shows the last 5 minutes
+  const MIN_CHART_S = 30;
+  const KEEP_SAMPLES_S = 60; // readings kept for the rate (far more than the window)
+  const COIN_ROWS = 10;
+  const FUNCTIONS = ["rng", "hasher", "worker"];
+
+  /* Hashes per second at the newest reading: delta hashes / delta now, as in
+   * DockerCoins, but across the last >= 5 s of readings instead of the last poll.
+   *
+   * The worker adds its count to `hashes` about once a second on its own clock,
+   * not aligned with our polls. A delta between two successive polls therefore
+   * holds 0, 1 or 2 of those updates and the speed would jump between zero and
+   * double. Across 5 s one update landing just before or after a poll moves the
+   * result by at most one update in five. Deltas use the server's `now`, so a
+   * late poll, a missed one, or a Redis outage followed by the worker's catch-up
+   * update still gives the true average over the time it covers.
+   * samples: [{now, hashes}], oldest first. Returns null until there is enough.
+   */
+  function rate(samples) {
+    const n = samples.length;
+    if (n < 2) return null;
+    const last = samples[n - 1];
+    let first = samples[0];
+    for (let i = n - 2; i >= 0; i--) {
+      if (last.now - samples[i].now >= RATE_WINDOW_S) {
+        first = samples[i]; // the newest reading at least one window old
+        break;
+      }
+    }
+    const span = last.now - first.now;
+    if (span < MIN_SPAN_S) return null;
+    return (last.hashes - first.hashes) / span;
+  }
+
+  function newState() {
+    return { samples: [], xs: [], ys: [], gap: false, speed: null, last: null };
+  }
+
+  /* Adds one /json reading; updates the speed and the chart series. */
+  function addSample(state, data) {
+    const sample = { now: data.now, hashes: data.hashes };
+    const prev = state.samples[state.samples.length - 1];
+    if (prev && (sample.hashes < prev.hashes || sample.now <= prev.now)) {
+      // The counter went down (Redis emptied) or the clock went back: start afresh.
+      state.samples = [];
+      state.xs.length = 0;
+      state.ys.length = 0;
+      state.gap = false;
+    }
+    state.samples.push(sample);
+    while (state.samples.length > 2 && sample.now - state.samples[0].now > KEEP_SAMPLES_S) {
+      state.samples.shift();
+    }
+    state.speed = rate(state.samples);
+    state.last = data;
+    if (state.speed !== null) {
+      const lastX = state.xs[state.xs.length - 1];
+      if (state.gap && lastX !== undefined) {
+        // A null point breaks the line where readings failed.
+        state.xs.push((lastX + sample.now) / 2);
+        state.ys.push(null);
+      }
+      state.xs.push(sample.now);
+      state.ys.push(state.speed);
+      state.gap = false;
+    }
+    while (state.xs.length && sample.now - state.xs[0] > CHART_SPAN_S) {
+      state.xs.shift();
+      state.ys.shift();
+    }
+    return state.speed;
+  }
+
+  const integer = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+  const oneDecimal = new Intl.NumberFormat(undefined, {
+    minimumFractionDigits: 1,
+    maximumFractionDigits: 1,
+  });
+
+  function formatSpeed(value) {
+    if (value === null) return "\u2026";
+    return value < 100 ? oneDecimal.format(value) : integer.format(value);
+  }
+
+  function formatAge(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return s + " s ago";
+    if (s < 3600) return Math.floor(s / 60) + " min ago";
+    return Math.floor(s / 3600) + " h ago";
+  }
+
+  function compact(value) {
+    if (value >= 1e6) return (value / 1e6).toFixed(value >= 1e7 ? 0 : 1) + "M";
+    if (value >= 1e4) return (value / 1e3).toFixed(0) + "k";
+    return integer.format(value);
+  }
+
+  /* The base URL of the webui function: "" (relative, same origin) or ?api=. */
+  function apiBase(search) {
+    const raw = new URLSearchParams(search).get("api");
+    if (!raw) return "";
+    let url;
+    try {
+      url = new URL(raw);
+    } catch (e) {
+      throw new Error("?api= must be a URL like http://127.0.0.1:8000, got " + raw);
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      throw new Error("?api= must be an http or https URL, got " + raw);
+    }
+    return url.href.replace(/\/+$/, "") + "/";
+  }
+
+  class HttpError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function getJSON(url) {
+    const shown = new URL(url, location.href).href;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), FETCH_TIMEOUT_MS);
+    let response;
+    try {
+      response = await fetch(url, { cache: "no-store", signal: abort.signal });
+    } catch (e) {
+      throw new HttpError(0, "no answer from " + shown);
+    } finally {
+      clearTimeout(timer);
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (e) {
+      body = null;
+    }
+    if (!response.ok || body === null) {
+      const why = body && typeof body.error === "string" ? body.error : "not the webui function?";
+      const message = "HTTP " + response.status + " from " + shown + ": " + why;
+      throw new HttpError(response.status, message);
+    }
+    return body;
+  }
+
+  function isWallet(data) {
+    const isNumber = (k) => typeof data[k] === "number" && isFinite(data[k]);
+    return ["coins", "hashes", "now"].every(isNumber);
+  }
+
+  /* ---- the page ---- */
+
+  const $ = (id) => document.getElementById(id);
+
+  function setNumber(id, value, text) {
+    const el = $(id);
+    el.dataset.value = value === null ? "" : String(value);
+    el.textContent = text;
+  }
+
+  function setStatus(kind, text, detail) {
+    // Only on change: the status is a live region, read out by screen readers.
+    if ($("status-text").textContent !== text) $("status-text").textContent = text;
+    $("status").className = "status status-" + kind;
+    // Numbers that stopped updating are dimmed, so a frozen value is never taken as live.
+    document.body.classList.toggle("stale", kind !== "live");
+    const alert = $("alert");
+    alert.hidden = !detail;
+    if (alert.textContent !== (detail || "")) alert.textContent = detail || "";
+  }
+
+  function setHealth(name, up, detail) {
+    const row = document.querySelector('#health li[data-name="' + name + '"]');
+    if (!row) return;
+    row.className = up === null ? "" : up ? "up" : "down";
+    row.querySelector(".detail").textContent = detail;
+  }
+
+  function renderCoins(list, now) {
+    const body = $("coins-body");
+    body.replaceChildren();
+    for (const coin of list.slice(0, COIN_ROWS)) {
+      const row = document.createElement("tr");
+      const when = document.createElement("td");
+      when.className = "col-time";
+      const clock = document.createElement("span");
+      clock.textContent = new Date(coin.time * 1000).toLocaleTimeString();
+      const age = document.createElement("small");
+      age.textContent = formatAge(now - coin.time);
+      when.append(clock, age);
+      const digest = document.createElement("td");
+      digest.className = "digest";
+      digest.title = coin.digest;
+      const zero = document.createElement("span");
+      zero.className = "zero";
+      zero.textContent = coin.digest.slice(0, 1);
+      digest.append(zero, coin.digest.slice(1));
+      row.append(when, digest);
+      body.append(row);
+    }
+    $("coins-empty").hidden = list.length > 0;
+  }
+
+  function createChart(container) {
+    const ink = "#a9b4c9";
+    const grid = { stroke: "rgba(169,180,201,0.14)", width: 1 };
+    const ticks = { stroke: "rgba(169,180,201,0.3)", width: 1, size: 5 };
+    const font = "12px system-ui, sans-serif";
+    const labelFont = "600 12px system-ui, sans-serif";
+    const size = () => {
+      const width = Math.max(240, container.clientWidth);
+      return { width, height: Math.round(Math.min(320, Math.max(200, width * 0.38))) };
+    };
+    const opts = Object.assign(size(), {
+      padding: [14, 18, 0, 4],
+      legend: { show: false },
+      cursor: { drag: { x: false, y: false } },
+      scales: {
+        // At least 30 s across, so a fresh page shows whole-second ticks.
+        x: {
+          time: true,
+          range: (u, min, max) => {
+            const end = max === null ? Date.now() / 1000 : max;
+            return [Math.min(min === null ? end : min, end - MIN_CHART_S), end];
+          },
+        },
+        y: { range: (u, min, max) => [0, max > 0 ? max * 1.2 : 1] },
+      },
+      axes: [
+        { label: "time (local)", stroke: ink, grid, ticks, font, labelFont, labelSize: 22 },
+        {
+          label: "hashes / second",
+          stroke: ink,
+          grid,
+          ticks,
+          font,
+          labelFont,
+          labelSize: 22,
+          size: 52,
+          values: (u, splits) => splits.map(compact),
+        },
+      ],
+      series: [
+        {},
+        {
+          label: "speed",
+          stroke: "#f5b53d",
+          width: 2,
+          fill: "rgba(245,181,61,0.14)",
+          points: { show: false },
+          spanGaps: false,
+        },
+      ],
+    });
+    const chart = new uPlot(opts, [[], []], container);
+    new ResizeObserver(() => chart.setSize(size())).observe(container);
+    return chart;
+  }
+
+  function start() {
+    const state = newState();
+    let base;
+    try {
+      base = apiBase(location.search);
+    } catch (e) {
+      setStatus("down", "bad ?api=", e.message);
+      return;
+    }
+    const url = (path) => base + path;
+    $("api").textContent = new URL(url("json"), location.href).href;
+    const chart = createChart($("chart"));
+    let coins = [];
+    let coinsSeen = null; // the `coins` count the table was last loaded for
+    window.brkcoin.chart = chart;
+    window.brkcoin.state = state;
+
+    async function loadCoins() {
+      try {
+        const data = await getJSON(url("coins?limit=" + COIN_ROWS));
+        coins = Array.isArray(data.coins) ? data.coins : [];
+      } catch (e) {
+        coinsSeen = null; // try again next poll
+      }
+    }
+
+    async function poll() {
+      const started = Date.now();
+      try {
+        const data = await getJSON(url("json"));
+        if (!isWallet(data)) {
+          throw new HttpError(200, url("json") + " did not answer {coins, hashes, now}");
+        }
+        addSample(state, data);
+        chart.setData([state.xs, state.ys]);
+        setNumber("speed", state.speed, formatSpeed(state.speed));
+        setNumber("hashes", data.hashes, integer.format(data.hashes));
+        setNumber("coins", data.coins, integer.format(data.coins));
+        setStatus("live", "live");
+        setHealth("webui", true, "answering /json");
+        if (data.coins !== coinsSeen) {
+          coinsSeen = data.coins;
+          await loadCoins();
+        }
+        renderCoins(coins, data.now);
+      } catch (e) {
+        state.gap = true;
+        coinsSeen = null;
+        if (e.status === 503) {
+          setStatus("down", "Redis unreachable", e.message);
+          setHealth("webui", true, "answering, but Redis is not");
+          setHealth("redis", false, "unreachable");
+        } else {
+          const hint = base
+            ? ""
+            : " (static copy? add ?api=http://HOST:PORT of the webui function)";
+          setStatus("down", "webui unreachable", e.message + hint);
+          setHealth("webui", false, e.message);
+        }
+      }
+      setTimeout(poll, Math.max(0, POLL_MS - (Date.now() - started)));
+    }
+
+    async function checkHealth() {
+      try {
+        const data = await getJSON(url("health"));
+        const show = (name, probe) =>
+          setHealth(name, probe.up, (probe.up ? "up" : "down") + " \u00b7 " + Math.round(probe.ms) +
+            " ms \u00b7 " + probe.detail);
+        show("redis", data.redis);
+        for (const name of FUNCTIONS) if (data.functions[name]) show(name, data.functions[name]);
+        const checked = new Date(data.checked * 1000).toLocaleTimeString();
+        $("health-note").textContent = "checked " + checked;
+      } catch (e) {
+        for (const name of FUNCTIONS) setHealth(name, null, "unknown: " + e.message);
+      }
+      setTimeout(checkHealth, HEALTH_MS);
+    }
+
+    poll();
+    checkHealth();
+  }
+
+  window.brkcoin = { rate, addSample, newState, apiBase, formatSpeed, RATE_WINDOW_S, MIN_SPAN_S };
+  if (document.getElementById("chart") && typeof uPlot === "function") start();
+})();
