@@ -1,0 +1,46 @@
+"""What every deploy target shares: clear errors, tool checks, command runs."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from brkcoin.layout import ROOT
+
+CONTAINER_DIR = ROOT / "infra" / "container"
+K8S_DIR = ROOT / "infra" / "k8s"
+AWS_DIR = ROOT / "infra" / "aws"
+FUNCTION_NAMES = ("rng", "hasher", "worker", "webui")
+
+
+class DeployError(RuntimeError):
+    """A problem the user can fix (missing tool, input or endpoint): shown without a traceback."""
+
+
+def require_tool(name: str, hint: str) -> str:
+    """Path of `name` on PATH, or a DeployError that says how to get it."""
+    found = shutil.which(name)
+    if not found:
+        raise DeployError(f"`{name}` is not installed or not on PATH: {hint}")
+    return found
+
+
+def shell_line(command: Sequence[str]) -> str:
+    """One command as a line a POSIX shell runs unchanged."""
+    return shlex.join(command)
+
+
+def run(command: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
+    """Run a command with its output on the terminal; a failure becomes a DeployError."""
+    print(f"+ {shell_line(command)}", flush=True)
+    result = subprocess.run(list(command), cwd=cwd, env=env, check=False)
+    if result.returncode != 0:
+        raise DeployError(f"`{shell_line(command)}` failed with exit code {result.returncode}")
+
+
+def capture(command: Sequence[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run a command quietly and return its result, whatever its exit code."""
+    return subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, check=False)

@@ -1,0 +1,239 @@
+"""The Kubernetes manifests, validated offline: core kinds against the Kubernetes
+OpenAPI schemas (kubernetes-validate, strict), Knative kinds against the models
+generated from Knative's own CRD schemas (cloudcoil-models-knative-*); then what a
+cluster would need of them. (No cluster here: nothing is applied.)"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import shutil
+import subprocess
+import urllib.request
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from deploy_support import NO_DELAYS, spawn_in, wait_http
+
+from brkcoin.deploy import cli, k8s
+from brkcoin.layout import FUNCTIONS, ROOT
+from brkcoin.processes import free_port, stop
+
+K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and newest schemas we promise
+FUNCTION_NAMES = ("rng", "hasher", "worker", "webui")
+
+
+def rendered(variant: str) -> list[dict[str, Any]]:
+    return k8s.render(variant)
+
+
+def by_kind(documents: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in documents if d["kind"] == kind}
+
+
+def pod_specs(documents: list[dict]) -> list[tuple[str, dict]]:
+    specs = []
+    for d in documents:
+        spec = d.get("spec", {})
+        if d["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        if "template" in spec:
+            specs.append((d["metadata"]["name"], spec["template"]["spec"]))
+    return specs
+
+
+@functools.cache
+def knative_models() -> dict[tuple[str, str], type]:
+    with warnings.catch_warnings():  # the generated models warn about their own field names
+        warnings.simplefilter("ignore", UserWarning)
+        from cloudcoil.models.knative_eventing.sources.v1 import PingSource
+        from cloudcoil.models.knative_serving.serving.v1 import Service
+    return {("serving.knative.dev/v1", "Service"): Service,
+            ("sources.knative.dev/v1", "PingSource"): PingSource}
+
+
+def validate_knative(document: dict) -> None:
+    """Validate with the CRD-derived model; unknown fields fail too (they would be pruned)."""
+    model = knative_models()[(document["apiVersion"], document["kind"])]
+    parsed = model.model_validate(document)
+    assert parsed.model_dump(by_alias=True, exclude_unset=True) == document, (
+        f"{document['kind']} {document['metadata']['name']} has fields Knative does not know")
+
+
+def validate(document: dict) -> None:
+    if (document["apiVersion"], document["kind"]) in knative_models():
+        validate_knative(document)
+    else:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(document, version, strict=True)
+
+
+@pytest.mark.parametrize("variant", k8s.VARIANTS)
+def test_every_manifest_validates(variant: str) -> None:
+    documents = rendered(variant)
+    assert documents
+    for document in documents:
+        validate(document)
+
+
+def test_the_validators_catch_mistakes() -> None:
+    documents = rendered("knative")
+    statefulset = copy.deepcopy(by_kind(documents, "StatefulSet")["redis"])
+    statefulset["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"] = "x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(statefulset)
+    service = copy.deepcopy(by_kind(documents, "Service")["rng"])
+    service["spec"]["template"]["spec"]["containerConcurency"] = 4
+    with pytest.raises(AssertionError, match="fields Knative does not know"):
+        validate(service)
+    service = copy.deepcopy(by_kind(documents, "Service")["rng"])
+    service["spec"]["template"]["spec"]["containerConcurrency"] = "many"
+    with pytest.raises(ValueError):
+        validate(service)
+
+
+@pytest.mark.parametrize("variant", k8s.VARIANTS)
+def test_pods_are_probed_limited_and_non_root(variant: str) -> None:
+    specs = pod_specs(rendered(variant))
+    assert {name for name, _ in specs} >= {"redis", *FUNCTION_NAMES}
+    for name, spec in specs:
+        pod_context = spec.get("securityContext", {})
+        for container in spec["containers"]:
+            context = {**pod_context, **container.get("securityContext", {})}
+            assert context.get("runAsNonRoot") is True, name
+            assert context.get("allowPrivilegeEscalation") is False, name
+            assert context.get("readOnlyRootFilesystem") is True, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
+            if name != "worker-tick":  # a one-shot curl has nothing to probe
+                assert "readinessProbe" in container and "livenessProbe" in container, name
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            if name in FUNCTION_NAMES or name == "worker-event":
+                assert "/tmp" in mounts, f"{name}: gunicorn needs a writable /tmp"
+
+
+def test_knative_services_autoscale_on_concurrency() -> None:
+    services = by_kind(rendered("knative"), "Service")
+    services = {n: s for n, s in services.items() if s["apiVersion"].startswith("serving")}
+    assert set(services) == {*FUNCTION_NAMES, "worker-event"}
+    for name, service in services.items():
+        template = service["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["autoscaling.knative.dev/metric"] == "concurrency"
+        assert int(annotations["autoscaling.knative.dev/max-scale"]) >= 1
+        assert int(annotations["autoscaling.knative.dev/target"]) <= (
+            template["spec"]["containerConcurrency"])
+        visibility = service["metadata"]["labels"].get("networking.knative.dev/visibility")
+        assert visibility == (None if name == "webui" else "cluster-local"), name
+        image = template["spec"]["containers"][0]["image"]
+        assert image == f"brkcoin/{'worker' if name == 'worker-event' else name}:latest"
+
+
+def test_pingsource_ticks_the_cloudevent_target() -> None:
+    documents = rendered("knative")
+    ping = by_kind(documents, "PingSource")["worker-tick"]
+    assert ping["spec"]["schedule"] == "* * * * *"
+    assert json.loads(ping["spec"]["data"]) == {"seconds": 55}
+    sink = ping["spec"]["sink"]["ref"]
+    assert (sink["apiVersion"], sink["kind"], sink["name"]) == (
+        "serving.knative.dev/v1", "Service", "worker-event")
+    container = by_kind(documents, "Service")["worker-event"]["spec"]["template"]["spec"][
+        "containers"][0]
+    assert container["args"] == ["functions-framework", "--target", "worker_event",
+                                 "--source", "functions/worker/main.py", "--port", "8080"]
+
+
+def test_redis_statefulset_keeps_its_aof_on_a_claim() -> None:
+    redis = by_kind(rendered("plain"), "StatefulSet")["redis"]
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][container["args"].index("--appendonly") + 1] == "yes"
+    claim = redis["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "data"
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+
+
+@pytest.mark.parametrize("variant", k8s.VARIANTS)
+def test_configured_urls_point_at_services_of_the_variant(variant: str) -> None:
+    documents = rendered(variant)
+    config = by_kind(documents, "ConfigMap")["brkcoin-config"]["data"]
+    services = by_kind(documents, "Service")
+    for key in ("RNG_URL", "HASHER_URL", "WORKER_URL"):
+        host = config[key].removeprefix("http://")
+        name, namespace = host.split(".")[:2]
+        assert name in services and namespace == services[name]["metadata"]["namespace"], key
+    assert config["REDIS_URL"].startswith("redis://redis.brkcoin.svc")
+
+
+def test_plain_variant_scales_and_schedules() -> None:
+    documents = rendered("plain")
+    deployments = by_kind(documents, "Deployment")
+    assert set(deployments) == set(FUNCTION_NAMES)
+    for name, hpa in by_kind(documents, "HorizontalPodAutoscaler").items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] in deployments, name
+    cron = by_kind(documents, "CronJob")["worker-tick"]
+    args = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-1] == "http://worker.brkcoin.svc.cluster.local/"
+    assert json.loads(args[args.index("--data") + 1]) == {"seconds": 55}
+    assert by_kind(documents, "Service")["worker"]["spec"]["ports"][0]["port"] == 80
+
+
+def test_registry_and_tag_reach_every_function_image() -> None:
+    images = {c["image"] for _, spec in pod_specs(k8s.render("plain", "ghcr.io/me/", "v2"))
+              for c in spec["containers"]}
+    assert images == {"ghcr.io/me/rng:v2", "ghcr.io/me/hasher:v2", "ghcr.io/me/worker:v2",
+                      "ghcr.io/me/webui:v2", "redis:7.4-alpine", "curlimages/curl:8.11.1"}
+
+
+def _identity(document: dict) -> tuple:
+    return (document["apiVersion"], document["kind"], document["metadata"]["name"])
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("variant", k8s.VARIANTS)
+def test_renderer_agrees_with_kubectl_kustomize(variant: str) -> None:
+    result = subprocess.run(["kubectl", "kustomize", str(ROOT / "infra" / "k8s" / variant)],
+                            capture_output=True, text=True, timeout=60, check=True)
+    theirs = sorted((d for d in yaml.safe_load_all(result.stdout) if d), key=_identity)
+    ours = sorted(rendered(variant), key=_identity)
+    assert ours == theirs
+
+
+def test_dry_run_writes_the_manifests(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "brkcoin.yaml"
+    assert cli.main(["deploy", "k8s", "--variant", "plain", "--dry-run", "--out", str(out)]) == 0
+    assert "kubectl apply -f" in capsys.readouterr().out
+    assert [d for d in yaml.safe_load_all(out.read_text()) if d] == rendered("plain")
+
+
+@pytest.mark.slow
+def test_the_knative_event_command_takes_a_pingsource_event(
+    requirements_venv, function_processes, redis_url: str, tmp_path: Path
+) -> None:
+    """worker-event's args, run in the worker's venv, mine on a PingSource-shaped event."""
+    container = by_kind(rendered("knative"), "Service")["worker-event"]["spec"]["template"][
+        "spec"]["containers"][0]
+    venv = requirements_venv(FUNCTIONS["worker"].folder / "requirements.txt")
+    port = free_port()
+    command = [str(venv / "bin" / container["args"][0]), *container["args"][1:-1], str(port)]
+    env = {**NO_DELAYS, "PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path),
+           "REDIS_URL": redis_url, "RNG_URL": function_processes["rng"].url,
+           "HASHER_URL": function_processes["hasher"].url}
+    process = spawn_in(command, ROOT, env, tmp_path / "worker-event.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        ping = by_kind(rendered("knative"), "PingSource")["worker-tick"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/", method="POST", data=b'{"seconds": 0.3}',
+            headers={"Content-Type": ping["spec"]["contentType"], "ce-specversion": "1.0",
+                     "ce-id": str(uuid.uuid4()), "ce-type": "dev.knative.sources.ping",
+                     "ce-source": "/apis/v1/namespaces/brkcoin/pingsources/worker-tick"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+    finally:
+        stop(process)
