@@ -41,6 +41,12 @@ DEFAULT_SECONDS = float(os.environ.get("WORKER_SECONDS", "10"))
 MAX_SECONDS = float(os.environ.get("WORKER_MAX_SECONDS", "900"))  # Lambda's limit
 MAX_CONCURRENCY = int(os.environ.get("WORKER_MAX_CONCURRENCY", "256"))
 HTTP_TIMEOUT = float(os.environ.get("WORKER_HTTP_TIMEOUT", "10"))
+# "google-id-token": call private Cloud Run rng/hasher with an ID token from the
+# metadata server, as Google's service-to-service auth expects.
+UPSTREAM_AUTH = os.environ.get("UPSTREAM_AUTH", "")
+METADATA_HOST = os.environ.get("GCE_METADATA_HOST", "metadata.google.internal")
+if UPSTREAM_AUTH not in ("", "google-id-token"):
+    raise ValueError(f"UPSTREAM_AUTH must be unset or 'google-id-token', not {UPSTREAM_AUTH!r}")
 FLUSH_INTERVAL = 1.0
 # How long the end of an invocation waits for an unreachable Redis before it
 # gives up and answers 503 with the counts it could not record.
@@ -115,6 +121,49 @@ def parse_inputs(data: object) -> dict:
     return inputs
 
 
+class IdTokens:
+    """Google ID tokens per audience, fetched from the metadata server and reused
+    until five minutes before they expire (they live an hour)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, audience: str) -> str:
+        with self._lock:
+            token, expires = self._tokens.get(audience, ("", 0.0))
+            if time.time() < expires - 300:
+                return token
+            token = self._fetch(audience)
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            self._tokens[audience] = (token, float(claims["exp"]))
+            return token
+
+    @staticmethod
+    def _fetch(audience: str) -> str:
+        conn = http.client.HTTPConnection(METADATA_HOST, timeout=HTTP_TIMEOUT)
+        try:
+            conn.request(
+                "GET",
+                "/computeMetadata/v1/instance/service-accounts/default/identity"
+                f"?audience={audience}",
+                headers={"Metadata-Flavor": "Google"},
+            )
+            response = conn.getresponse()
+            token = response.read().decode()
+        except OSError as e:
+            raise UpstreamError(f"metadata server unreachable for an ID token: {e!r}") from e
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise UpstreamError(f"metadata server: HTTP {response.status} {token[:200]!r}")
+        return token
+
+
+_id_tokens = IdTokens()
+
+
 class Endpoint:
     """One keep-alive HTTP connection to rng or hasher, for one mining loop.
 
@@ -128,6 +177,7 @@ class Endpoint:
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
+        self._audience = f"{parts.scheme}://{parts.netloc}"
         self._conn: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -136,6 +186,8 @@ class Endpoint:
 
     def call(self, method: str, path: str, body: bytes | None = None) -> bytes:
         headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        if UPSTREAM_AUTH == "google-id-token":
+            headers["Authorization"] = f"Bearer {_id_tokens.get(self._audience)}"
         reused = self._conn is not None
         for attempt in (1, 2):
             if self._conn is None:

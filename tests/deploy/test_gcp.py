@@ -100,6 +100,16 @@ def test_redis_is_reached_by_direct_vpc_egress() -> None:
     assert int(deploys["worker"]["--timeout"]) > 55
 
 
+def test_the_worker_calls_private_backends_with_id_tokens() -> None:
+    def worker_env(*options: str) -> str:
+        [worker] = [s for s in find(plan(*options), "gcloud", "run", "deploy")
+                    if s.command[3] == "worker"]
+        return flags(worker.command)["--set-env-vars"]
+
+    assert "UPSTREAM_AUTH=google-id-token" in worker_env()
+    assert "UPSTREAM_AUTH" not in worker_env("--backend-access", "network")
+
+
 def test_one_service_account_per_role_with_only_invoker_grants() -> None:
     steps = plan()
     created = [s.command[4] for s in find(steps, "gcloud", "iam", "service-accounts", "create")]

@@ -223,6 +223,7 @@ def deploy_plan(args: argparse.Namespace) -> list[Step]:
     # account). network: they take unauthenticated calls from inside the VPC only.
     by_network = args.backend_access == "network"
     backend = dict(public=by_network, vpc=False, concurrency=80, timeout=30, internal=by_network)
+    id_tokens = {"UPSTREAM_AUTH": "google-id-token"}  # worker -> rng/hasher with ID tokens
     grants = [] if by_network else [_invoker(args, "rng", "worker"),
                                     _invoker(args, "hasher", "worker")]
     return [
@@ -234,7 +235,8 @@ def deploy_plan(args: argparse.Namespace) -> list[Step]:
         *_run_deploy(args, "hasher", {"THREADS": "80"}, **backend),
         *grants,
         *_run_deploy(args, "worker", {"REDIS_URL": redis_url, "RNG_URL": "${RNG_URL}",
-                                      "HASHER_URL": "${HASHER_URL}", "THREADS": "8"},
+                                      "HASHER_URL": "${HASHER_URL}", "THREADS": "8",
+                                      **({} if by_network else id_tokens)},
                      public=False, vpc=True, concurrency=4, timeout=worker_timeout,
                      egress="all-traffic" if by_network else "private-ranges-only"),
         _invoker(args, "worker", "scheduler"),
