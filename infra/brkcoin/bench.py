@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             ]
         runs = 3 if args.quick else 5
         report["first_answer_ms"] = {
-            n: first_answer_ms(n, runs, Path(tmp) / "cold") for n in ("rng", "hasher", "worker")
+            n: first_answer_ms(n, runs, Path(tmp) / "cold") for n in FUNCTIONS
         }
     report["in_process_hashes_per_s"] = round(in_process_limit())
     best = max(report["batch1"] + report["batched"], key=lambda c: c["hashes_per_s"])
