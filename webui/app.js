@@ -108,6 +108,8 @@
   function compact(value) {
     if (value >= 1e6) return (value / 1e6).toFixed(value >= 1e7 ? 0 : 1) + "M";
     if (value >= 1e4) return (value / 1e3).toFixed(0) + "k";
+    // The demo rate is ~3 hashes/s: its ticks (0.5, 1.5...) need their decimal.
+    if (value < 10 && !Number.isInteger(value)) return value.toFixed(1);
     return integer.format(value);
   }
 
@@ -357,6 +359,8 @@
     checkHealth();
   }
 
-  window.brkcoin = { rate, addSample, newState, apiBase, formatSpeed, RATE_WINDOW_S, MIN_SPAN_S };
+  window.brkcoin = {
+    rate, addSample, newState, apiBase, formatSpeed, compact, RATE_WINDOW_S, MIN_SPAN_S,
+  };
   if (document.getElementById("chart") && typeof uPlot === "function") start();
 })();

@@ -181,3 +181,13 @@ def test_bad_api_parameter(app, search):
     error = app.evaluate("(s) => { try { brkcoin.apiBase(s); } catch (e) { return e.message; } }",
                          search)
     assert error and error.startswith("?api= must be")
+
+
+def test_axis_labels_stay_distinct_at_the_demo_rate(app):
+    # One worker with the demo delays mines ~3 hashes/s: ticks every 0.5 must
+    # not all round to the same integer.
+    labels = app.evaluate("[0, 0.5, 1, 1.5, 2, 2.5, 3].map(brkcoin.compact)")
+    assert len(set(labels)) == 7, labels
+    assert app.evaluate("[0, 250, 12000, 3400000].map(brkcoin.compact)") == [
+        "0", "250", "12k", "3.4M"
+    ]
