@@ -13,6 +13,7 @@ CloudEvent trigger `worker_event` (Pub/Sub push, Knative PingSource).
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import http.client
 import json
@@ -259,12 +260,16 @@ class Recorder:
         self.inflight: tuple[str, int, dict] | None = None
 
     def flush(self) -> bool:
-        """Record everything pending; True when nothing is left unrecorded."""
-        if self.inflight is None:
-            hashes, coins = self.tally.take()
-            if not hashes and not coins:
-                return True
-            self.inflight = (f"brkcoin:flush:{uuid.uuid4().hex}", hashes, coins)
+        """Record a flush still in flight, then what is pending; True when all is in."""
+        if self.inflight and not self._send():
+            return False
+        hashes, coins = self.tally.take()
+        if not hashes and not coins:
+            return True
+        self.inflight = (f"brkcoin:flush:{uuid.uuid4().hex}", hashes, coins)
+        return self._send()
+
+    def _send(self) -> bool:
         marker, hashes, coins = self.inflight
         args: list = [time.time(), hashes, RECENT_COINS]
         for digest, data in coins.items():
@@ -276,7 +281,7 @@ class Recorder:
             return False
         self.tally.new_coins += int(new)
         self.inflight = None
-        return self.flush()  # anything that arrived while this one was in flight
+        return True
 
     def unrecorded(self) -> dict:
         hashes, coins = self.tally.pending_hashes, dict(self.tally.pending_coins)
@@ -312,14 +317,16 @@ def mine_loop(tally: Tally, deadline: float, batch: int) -> None:
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 continue
             failures = 0
-            if batch == 1:
-                coins = [(text, data)] if text[0] == "0" else []
-            else:
-                coins = [
-                    (digest, data[i * UNIT : (i + 1) * UNIT])
-                    for i, digest in enumerate(text.split("\n"))
-                    if digest[0] == "0"
-                ]
+            coins = [
+                (digest, data[i * UNIT : (i + 1) * UNIT])
+                for i, digest in enumerate(text.split("\n") if batch > 1 else [text])
+                if digest[0] == "0"
+            ]
+            # The worker is the wallet's only writer: a coin is checked before it
+            # goes in (1 digest in 16, so cheap), whatever hasher answered.
+            if any(hashlib.sha256(unit).hexdigest() != digest for digest, unit in coins):
+                tally.error("hasher", "hasher answered a wrong digest; batch dropped")
+                continue
             tally.add(batch, coins)
     finally:
         rng.close()

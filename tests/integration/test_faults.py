@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,3 +89,35 @@ def test_wallet_survives_a_stack_restart(tmp_path):
         after = second.redis.client()
         assert int(after.get("hashes")) == hashes
         assert after.hgetall("wallet") == wallet
+
+
+def test_a_hasher_that_lies_gets_no_coin_into_the_wallet(redis_server, start_function):
+    """A broken hasher swapped in (here a loopback stand-in that calls every body a
+    coin) must not fill the wallet: the worker checks each coin before it records it."""
+
+    class Liar(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"0" * 64
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=liar.serve_forever, daemon=True).start()
+    rng = start_function("rng")
+    worker = start_function("worker", {
+        "REDIS_URL": redis_server.url, "RNG_URL": rng.url,
+        "HASHER_URL": f"http://127.0.0.1:{liar.server_address[1]}",
+    })
+    summary = mine(worker.url, seconds=0.5)
+    liar.shutdown()
+    assert summary["hashes"] == 0 and summary["errors"]["hasher"] > 0
+    assert "wrong digest" in summary["last_errors"]["hasher"]
+    assert redis_server.client().hlen("wallet") == 0
