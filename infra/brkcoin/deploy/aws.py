@@ -108,7 +108,7 @@ def _check_reachable(url: str) -> tuple[str, int]:
     except OSError as e:
         raise DeployError(
             f"no AWS API emulator answers at {url} ({e.strerror or e}): start LocalStack "
-            "(see docs/deploy.md), pass --endpoint-url, or use --real-aws") from e
+            "(see the README, AWS Lambda), pass --endpoint-url, or use --real-aws") from e
     return parts.hostname, port
 
 
