@@ -21,7 +21,7 @@ from brkcoin.redis_server import RedisServer
 NAMES = ("rng", "hasher", "worker", "webui")
 # rng and hasher sleep for the demo latency inside each request: they need a
 # thread per concurrent mining loop, more than Functions Framework's 4 per core.
-THREADS = {"rng": "128", "hasher": "128"}
+DEFAULT_ENV = {"rng": {"THREADS": "128"}, "hasher": {"THREADS": "128"}}
 
 
 class Stack:
@@ -54,7 +54,7 @@ class Stack:
             n: FunctionProcess(
                 FUNCTIONS[n],
                 self.ports[n],
-                {"THREADS": THREADS[n]} | shared | extra if n in THREADS else shared | extra,
+                DEFAULT_ENV.get(n, {}) | shared | extra,
                 logs,
                 host,
             )
