@@ -22,9 +22,8 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     moto = Path(sys.executable).with_name("moto_server")
-    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(log.parent),
-           # AWS managed policies (AWSLambdaBasicExecutionRole) exist on AWS and LocalStack
-           "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
+    # A plain moto server, as a user would start it (no managed IAM policies loaded).
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(log.parent)}
     process = spawn([str(moto), "-H", "127.0.0.1", "-p", str(port)], log, env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -63,6 +63,8 @@ def snapshot(endpoint: str) -> dict:
         "policies": {n: policy(lam, n) for n in found},
         "rule": rule,
         "targets": events.list_targets_by_rule(Rule=f"{PREFIX}-worker-tick")["Targets"],
+        "role_policies": client(endpoint, "iam").list_role_policies(
+            RoleName=f"{PREFIX}-lambda")["PolicyNames"],
     }
 
 
@@ -118,6 +120,7 @@ def test_deploy_update_destroy(moto_endpoint: str, capsys) -> None:
     assert {n: set(p) for n, p in second["policies"].items()} == {
         n: set(p) for n, p in first["policies"].items()}
     assert second["rule"]["Arn"] == rule["Arn"] and len(second["targets"]) == 1
+    assert first["role_policies"] == second["role_policies"] == ["brkcoin-logs"]
     assert json.loads(second["targets"][0]["Input"]) == {"seconds": 50}
     env = second["functions"]["worker"]["Environment"]["Variables"]
     assert env["REDIS_URL"] == "redis://wallet-2:6379/0"

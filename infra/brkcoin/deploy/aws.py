@@ -27,7 +27,14 @@ from brkcoin.deploy.common import DeployError
 from brkcoin.layout import FUNCTIONS
 
 DEFAULT_ENDPOINT = "http://localhost:4566"
-BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+# What AWS's managed AWSLambdaBasicExecutionRole grants, as an inline policy: an
+# emulator need not know AWS's managed policies (moto doesn't by default).
+LOGS_POLICY_NAME = "brkcoin-logs"
+LOGS_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]}],
+}
 TRUST_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
@@ -154,7 +161,8 @@ def ensure_role(iam: Any, name: str) -> str:
             Description="brkcoin Lambda functions",
             Tags=[{"Key": k, "Value": v} for k, v in TAGS.items()],
         )["Role"]["Arn"]
-    iam.attach_role_policy(RoleName=name, PolicyArn=BASIC_EXECUTION)  # idempotent
+    iam.put_role_policy(RoleName=name, PolicyName=LOGS_POLICY_NAME,  # idempotent
+                        PolicyDocument=json.dumps(LOGS_POLICY))
     return arn
 
 
@@ -342,6 +350,8 @@ def destroy_all(clients: Clients, args: argparse.Namespace) -> list[str]:
                 raise
     role = f"{args.prefix}-lambda"
     try:
+        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=role, PolicyName=name)
         for policy in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
             iam.detach_role_policy(RoleName=role, PolicyArn=policy["PolicyArn"])
         iam.delete_role(RoleName=role)
