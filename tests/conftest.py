@@ -3,10 +3,13 @@ loopback ports, so the tests pass beside a running `make up`."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import functions_framework
 import pytest
+from flask.testing import FlaskClient
 
 from brkcoin.layout import FUNCTIONS, WORKER_EVENT
 from brkcoin.processes import FunctionProcess, free_port
@@ -14,6 +17,21 @@ from brkcoin.redis_server import RedisServer
 
 TARGETS = {**FUNCTIONS, WORKER_EVENT.name: WORKER_EVENT}
 NO_DELAYS = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0"}
+
+
+@pytest.fixture
+def function_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FlaskClient]:
+    """function_client(name, target=None, **env): a Flask test client of a freshly
+    loaded function module, as functions_framework.create_app builds it."""
+
+    def make(name: str, target: str | None = None, **env: str) -> FlaskClient:
+        for key, value in {"RNG_DELAY": "0", "HASHER_DELAY": "0", **env}.items():
+            monkeypatch.setenv(key, value)
+        importlib.invalidate_caches()
+        app = functions_framework.create_app(target or name, str(TARGETS[name].source))
+        return app.test_client()
+
+    return make
 
 
 @pytest.fixture

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
@@ -20,3 +24,17 @@ def assert_wallet_holds_only_true_coins(client) -> dict:
         assert len(data) == 32
         assert hashlib.sha256(data).hexdigest().encode() == digest
     return wallet
+
+
+@contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback stand-in HTTP server in a thread, for what cannot run here (a
+    cloud's metadata server, a broken third-party component); yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -92,7 +92,9 @@ def run_status(args: argparse.Namespace) -> int:
     except redis.RedisError as e:
         print(json.dumps({"error": f"redis unreachable at {args.redis_url}: {e}"}))
         return 2
-    last["rate"] = round((last["hashes"] - first["hashes"]) / (last["now"] - first["now"]), 1)
+    meter = wallet.RateMeter()
+    meter.add(first["now"], first["hashes"])
+    last["rate"] = round(meter.add(last["now"], last["hashes"]), 1)
     last["functions"] = {
         n: is_up(f"http://{args.host}:{f.port}", 0.5) for n, f in FUNCTIONS.items()
     }

@@ -18,7 +18,7 @@ from brkcoin.layout import FUNCTIONS
 from brkcoin.processes import FunctionProcess
 from brkcoin.redis_server import RedisServer
 
-NAMES = ("rng", "hasher", "worker", "webui")
+NAMES = tuple(FUNCTIONS)
 # rng and hasher sleep for the demo latency inside each request: they need a
 # thread per concurrent mining loop, more than Functions Framework's 4 per core.
 DEFAULT_ENV = {"rng": {"THREADS": "128"}, "hasher": {"THREADS": "128"}}

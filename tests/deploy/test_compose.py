@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from brkcoin.deploy import cli
+from brkcoin.cli import main as brkcoin
 from brkcoin.layout import ROOT
 
 COMPOSE = ROOT / "infra" / "container" / "compose.yaml"
@@ -114,7 +114,7 @@ def test_loadable_by_docker_stack_deploy(compose: dict) -> None:
 
 
 def test_deploy_compose_dry_run_prints_the_commands_and_the_file(capsys) -> None:
-    assert cli.main(["deploy", "compose", "--dry-run"]) == 0
+    assert brkcoin(["deploy", "compose", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert ("docker compose -f infra/container/compose.yaml -p brkcoin up --detach --build "
             "--wait") in out
@@ -122,7 +122,7 @@ def test_deploy_compose_dry_run_prints_the_commands_and_the_file(capsys) -> None
 
 
 def test_deploy_compose_swarm_dry_run(capsys) -> None:
-    assert cli.main(["deploy", "compose", "--swarm", "--registry", "ghcr.io/me",
+    assert brkcoin(["deploy", "compose", "--swarm", "--registry", "ghcr.io/me",
                      "--dry-run"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# $ ")]
     assert ["docker" + line.split(" docker", 1)[1] for line in lines] == [

@@ -21,12 +21,13 @@ import pytest
 import yaml
 from deploy_support import NO_DELAYS, spawn_in, wait_http
 
-from brkcoin.deploy import cli, k8s
+from brkcoin.cli import main as brkcoin
+from brkcoin.deploy import k8s
 from brkcoin.layout import FUNCTIONS, ROOT
 from brkcoin.processes import free_port, stop
 
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and newest schemas we promise
-FUNCTION_NAMES = ("rng", "hasher", "worker", "webui")
+FUNCTION_NAMES = tuple(FUNCTIONS)
 
 
 def rendered(variant: str) -> list[dict[str, Any]]:
@@ -206,7 +207,7 @@ def test_renderer_agrees_with_kubectl_kustomize(variant: str) -> None:
 
 def test_dry_run_writes_the_manifests(tmp_path: Path, capsys) -> None:
     out = tmp_path / "brkcoin.yaml"
-    assert cli.main(["deploy", "k8s", "--variant", "plain", "--dry-run", "--out", str(out)]) == 0
+    assert brkcoin(["deploy", "k8s", "--variant", "plain", "--dry-run", "--out", str(out)]) == 0
     assert "kubectl apply -f" in capsys.readouterr().out
     assert [d for d in yaml.safe_load_all(out.read_text()) if d] == rendered("plain")
 

@@ -17,14 +17,14 @@ VECTORS = [
 ]
 
 
-def test_root_says_hello_with_hostname(client):
-    response = client("hasher").get("/")
+def test_root_says_hello_with_hostname(function_client):
+    response = function_client("hasher").get("/")
     assert response.data == f"HASHER running on {socket.gethostname()}\n".encode()
 
 
 @pytest.mark.parametrize("body, digest", VECTORS)
-def test_known_answers(client, body, digest):
-    response = client("hasher").post(
+def test_known_answers(function_client, body, digest):
+    response = function_client("hasher").post(
         "/", data=body, headers={"Content-Type": "application/octet-stream"}
     )
     assert response.status_code == 200
@@ -32,40 +32,40 @@ def test_known_answers(client, body, digest):
     assert response.data.decode() == digest
 
 
-def test_batch_gives_one_digest_per_chunk_in_order(client):
+def test_batch_gives_one_digest_per_chunk_in_order(function_client):
     units = [bytes([i]) * 32 for i in range(5)]
-    response = client("hasher").post("/?chunk=32", data=b"".join(units))
+    response = function_client("hasher").post("/?chunk=32", data=b"".join(units))
     assert response.status_code == 200
     assert response.data.decode().split("\n") == [hashlib.sha256(u).hexdigest() for u in units]
 
 
-def test_body_over_limit_is_413(client):
-    response = client("hasher").post("/", data=b"x" * (1024 * 1024 + 1))
+def test_body_over_limit_is_413(function_client):
+    response = function_client("hasher").post("/", data=b"x" * (1024 * 1024 + 1))
     assert response.status_code == 413
     assert "limit of 1048576 bytes" in response.get_json()["error"]
 
 
-def test_body_at_limit_is_hashed(client):
+def test_body_at_limit_is_hashed(function_client):
     body = b"x" * (1024 * 1024)
-    response = client("hasher").post("/", data=body)
+    response = function_client("hasher").post("/", data=body)
     assert response.data.decode() == hashlib.sha256(body).hexdigest()
 
 
 @pytest.mark.parametrize("chunk", ["0", "-3", "x", "1.5", "1048577"])
-def test_bad_chunk_is_400(client, chunk):
-    response = client("hasher").post(f"/?chunk={chunk}", data=b"a" * 32)
+def test_bad_chunk_is_400(function_client, chunk):
+    response = function_client("hasher").post(f"/?chunk={chunk}", data=b"a" * 32)
     assert response.status_code == 400
     assert "chunk must be an integer" in response.get_json()["error"]
 
 
-def test_body_not_multiple_of_chunk_is_400(client):
-    response = client("hasher").post("/?chunk=32", data=b"a" * 33)
+def test_body_not_multiple_of_chunk_is_400(function_client):
+    response = function_client("hasher").post("/?chunk=32", data=b"a" * 33)
     assert response.status_code == 400
     assert "not a multiple of chunk=32" in response.get_json()["error"]
 
 
-def test_wrong_method_and_path_are_json_errors(client):
-    hasher = client("hasher")
+def test_wrong_method_and_path_are_json_errors(function_client):
+    hasher = function_client("hasher")
     assert hasher.put("/", data=b"a").status_code == 405
     response = hasher.post("/elsewhere", data=b"a")
     assert response.status_code == 404

@@ -6,48 +6,48 @@ import time
 import pytest
 
 
-def test_root_says_hello_with_hostname(client):
-    response = client("rng").get("/")
+def test_root_says_hello_with_hostname(function_client):
+    response = function_client("rng").get("/")
     assert response.status_code == 200
     assert response.data == f"RNG running on {socket.gethostname()}\n".encode()
 
 
 @pytest.mark.parametrize("n", [1, 32, 1000, 1024 * 1024])
-def test_serves_exactly_n_random_bytes(client, n):
-    response = client("rng").get(f"/{n}")
+def test_serves_exactly_n_random_bytes(function_client, n):
+    response = function_client("rng").get(f"/{n}")
     assert response.status_code == 200
     assert response.mimetype == "application/octet-stream"
     assert len(response.data) == n
 
 
-def test_bytes_differ_between_calls(client):
-    rng = client("rng")
+def test_bytes_differ_between_calls(function_client):
+    rng = function_client("rng")
     assert rng.get("/32").data != rng.get("/32").data
 
 
 @pytest.mark.parametrize(
     "path", ["/0", "/-1", "/abc", "/1.5", "/1048577", "/99999999999999999999", "/3/4", "/%C2%B2"]
 )
-def test_bad_n_is_400_with_json_error(client, path):
-    response = client("rng").get(path)
+def test_bad_n_is_400_with_json_error(function_client, path):
+    response = function_client("rng").get(path)
     assert response.status_code == 400
     assert "n must be an integer from 1 to 1048576" in response.get_json()["error"]
 
 
-def test_limit_is_configurable(client):
-    rng = client("rng", RNG_MAX_BYTES="64")
+def test_limit_is_configurable(function_client):
+    rng = function_client("rng", RNG_MAX_BYTES="64")
     assert rng.get("/64").status_code == 200
     assert rng.get("/65").status_code == 400
 
 
-def test_other_methods_are_405_with_json(client):
-    response = client("rng").post("/32")
+def test_other_methods_are_405_with_json(function_client):
+    response = function_client("rng").post("/32")
     assert response.status_code == 405
     assert "GET" in response.get_json()["error"]
 
 
-def test_demo_delay_applies_per_request(client):
-    rng = client("rng", RNG_DELAY="0.2")
+def test_demo_delay_applies_per_request(function_client):
+    rng = function_client("rng", RNG_DELAY="0.2")
     started = time.monotonic()
     rng.get("/32")
     assert time.monotonic() - started >= 0.2

@@ -13,8 +13,8 @@ DEAD = "http://127.0.0.1:9"  # discard port: nothing listens, calls fail at once
 
 
 @pytest.fixture
-def worker(client):
-    return client("worker", RNG_URL=DEAD, HASHER_URL=DEAD, REDIS_URL="redis://127.0.0.1:9/0")
+def worker(function_client):
+    return function_client("worker", RNG_URL=DEAD, HASHER_URL=DEAD, REDIS_URL="redis://127.0.0.1:9/0")
 
 
 def test_get_says_hello(worker):
@@ -55,8 +55,8 @@ def test_largest_batch_is_accepted(worker):
     assert response.get_json()["batch"] == 32768
 
 
-def test_token_required_when_set(client):
-    worker = client("worker", WORKER_TOKEN="s3cret", RNG_URL=DEAD, HASHER_URL=DEAD)
+def test_token_required_when_set(function_client):
+    worker = function_client("worker", WORKER_TOKEN="s3cret", RNG_URL=DEAD, HASHER_URL=DEAD)
     assert worker.post("/", json={"seconds": 0.1}).status_code == 401
     wrong = worker.post("/", json={"seconds": 0.1}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
@@ -64,8 +64,8 @@ def test_token_required_when_set(client):
     assert worker.get("/").status_code == 200  # the health check stays open
 
 
-def test_failing_rng_is_counted_not_fatal(client, redis_server):
-    worker = client("worker", RNG_URL=DEAD, HASHER_URL=DEAD, REDIS_URL=redis_server.url)
+def test_failing_rng_is_counted_not_fatal(function_client, redis_server):
+    worker = function_client("worker", RNG_URL=DEAD, HASHER_URL=DEAD, REDIS_URL=redis_server.url)
     response = worker.post("/", json={"seconds": 0.5})
     assert response.status_code == 200
     summary = response.get_json()
@@ -83,23 +83,23 @@ def _cloud_event(data: object) -> dict:
     }, json.dumps(data)
 
 
-def test_cloud_event_bad_inputs_are_400(client):
-    worker = client("worker", "worker_event", RNG_URL=DEAD, HASHER_URL=DEAD)
+def test_cloud_event_bad_inputs_are_400(function_client):
+    worker = function_client("worker", "worker_event", RNG_URL=DEAD, HASHER_URL=DEAD)
     headers, body = _cloud_event({"seconds": -1})
     response = worker.post("/", headers=headers, data=body)
     assert response.status_code == 400
     assert "seconds must be" in response.get_json()["error"]
 
 
-def test_pubsub_message_with_bad_base64_is_400(client):
-    worker = client("worker", "worker_event", RNG_URL=DEAD, HASHER_URL=DEAD)
+def test_pubsub_message_with_bad_base64_is_400(function_client):
+    worker = function_client("worker", "worker_event", RNG_URL=DEAD, HASHER_URL=DEAD)
     headers, body = _cloud_event({"message": {"data": "%%%"}})
     response = worker.post("/", headers=headers, data=body)
     assert response.status_code == 400
 
 
-def test_pubsub_message_inputs_are_used(client, redis_server):
-    worker = client("worker", "worker_event", RNG_URL=DEAD, HASHER_URL=DEAD,
+def test_pubsub_message_inputs_are_used(function_client, redis_server):
+    worker = function_client("worker", "worker_event", RNG_URL=DEAD, HASHER_URL=DEAD,
                     REDIS_URL=redis_server.url)
     inputs = base64.b64encode(json.dumps({"seconds": 0.3, "concurrency": 2}).encode()).decode()
     headers, body = _cloud_event({"message": {"data": inputs}, "subscription": "s"})
@@ -107,18 +107,18 @@ def test_pubsub_message_inputs_are_used(client, redis_server):
     assert response.status_code == 200  # rng down: errors counted, not fatal
 
 
-def test_cloud_event_needs_token_when_set(client):
-    worker = client("worker", "worker_event", WORKER_TOKEN="s3cret", RNG_URL=DEAD)
+def test_cloud_event_needs_token_when_set(function_client):
+    worker = function_client("worker", "worker_event", WORKER_TOKEN="s3cret", RNG_URL=DEAD)
     headers, body = _cloud_event({"seconds": 0.1})
     assert worker.post("/", headers=headers, data=body).status_code == 401
 
 
-def test_a_retried_flush_counts_once(client, redis_server):
+def test_a_retried_flush_counts_once(function_client, redis_server):
     """A flush whose reply was lost (Redis restarting) is retried with the same
     marker; the wallet script must not count it twice."""
     import sys
 
-    client("worker", REDIS_URL=redis_server.url)
+    function_client("worker", REDIS_URL=redis_server.url)
     worker = sys.modules["main"]  # the module create_app just loaded
     tally = worker.Tally()
     coin = ("0" + "a" * 63, b"r" * 32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +10,7 @@ import requests
 
 from brkcoin.processes import free_port
 from brkcoin.stack import Stack
-from support import assert_wallet_holds_only_true_coins, mine
+from support import assert_wallet_holds_only_true_coins, mine, serve
 
 
 def test_hasher_down_mid_run_is_counted_and_recovered(mining_stack):
@@ -109,15 +108,12 @@ def test_a_hasher_that_lies_gets_no_coin_into_the_wallet(redis_server, start_fun
         def log_message(self, *args: object) -> None:
             pass
 
-    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Liar)
-    threading.Thread(target=liar.serve_forever, daemon=True).start()
     rng = start_function("rng")
-    worker = start_function("worker", {
-        "REDIS_URL": redis_server.url, "RNG_URL": rng.url,
-        "HASHER_URL": f"http://127.0.0.1:{liar.server_address[1]}",
-    })
-    summary = mine(worker.url, seconds=0.5)
-    liar.shutdown()
+    with serve(Liar) as liar:
+        worker = start_function(
+            "worker", {"REDIS_URL": redis_server.url, "RNG_URL": rng.url, "HASHER_URL": liar}
+        )
+        summary = mine(worker.url, seconds=0.5)
     assert summary["hashes"] == 0 and summary["errors"]["hasher"] > 0
     assert "wrong digest" in summary["last_errors"]["hasher"]
     assert redis_server.client().hlen("wallet") == 0

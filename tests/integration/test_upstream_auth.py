@@ -12,14 +12,14 @@ import base64
 import http.client
 import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from support import mine
+from support import mine, serve
 
 
 def _jwt(audience: str) -> str:
@@ -50,8 +50,9 @@ class Metadata(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def front_door(upstream: str) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """Admits only 'Bearer <token for this URL>' and forwards to `upstream`."""
+def front_door(upstream: str) -> type[http.server.BaseHTTPRequestHandler]:
+    """A handler that admits only 'Bearer <token for its own URL>' and forwards to
+    `upstream`."""
     target = urlsplit(upstream)
 
     class Door(http.server.BaseHTTPRequestHandler):
@@ -61,10 +62,11 @@ def front_door(upstream: str) -> tuple[http.server.ThreadingHTTPServer, str]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            own_url = f"http://127.0.0.1:{self.server.server_address[1]}"
             try:
                 payload = token.split(".")[1]
                 claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-                admitted = claims["aud"] == self.server.url
+                admitted = claims["aud"] == own_url
             except (IndexError, ValueError, KeyError):
                 admitted = False
             if not admitted:
@@ -86,28 +88,20 @@ def front_door(upstream: str) -> tuple[http.server.ThreadingHTTPServer, str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Door)
-    server.daemon_threads = True
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.url
+    return Door
 
 
 @pytest.fixture
 def cloud(mining_stack) -> Iterator[dict]:
-    metadata = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
-    threading.Thread(target=metadata.serve_forever, daemon=True).start()
-    rng_door, rng_url = front_door(mining_stack["rng"].url)
-    hasher_door, hasher_url = front_door(mining_stack["hasher"].url)
     Metadata.issued.clear()
-    yield {
-        "REDIS_URL": mining_stack["redis"].url,
-        "RNG_URL": rng_url,
-        "HASHER_URL": hasher_url,
-        "GCE_METADATA_HOST": f"127.0.0.1:{metadata.server_address[1]}",
-    }
-    for server in (metadata, rng_door, hasher_door):
-        server.shutdown()
+    with ExitStack() as servers:
+        metadata = servers.enter_context(serve(Metadata))
+        yield {
+            "REDIS_URL": mining_stack["redis"].url,
+            "RNG_URL": servers.enter_context(serve(front_door(mining_stack["rng"].url))),
+            "HASHER_URL": servers.enter_context(serve(front_door(mining_stack["hasher"].url))),
+            "GCE_METADATA_HOST": metadata.removeprefix("http://"),
+        }
 
 
 def test_worker_mines_through_private_backends_with_id_tokens(cloud, start_function):

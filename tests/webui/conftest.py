@@ -18,7 +18,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import functions_framework
 import pytest
 import redis
 
@@ -26,7 +25,6 @@ from brkcoin.processes import free_port
 from brkcoin.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
-WEBUI_SOURCE = ROOT / "webui" / "main.py"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 # Fast mining for the tests; the worker's small delay keeps the 2-core machine usable.
 STACK_ENV = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0.01"}
@@ -71,19 +69,6 @@ def get_json() -> Callable[..., dict]:
 def add_coin() -> Callable[..., None]:
     """Write a coin into Redis the way the worker does."""
     return _add_coin
-
-
-@pytest.fixture
-def make_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
-    """A Flask test client of the webui function, configured by environment."""
-
-    def make(**env: str):
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        app = functions_framework.create_app("webui", str(WEBUI_SOURCE))
-        return app.test_client()
-
-    return make
 
 
 @pytest.fixture(scope="session")

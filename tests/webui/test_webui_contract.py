@@ -8,15 +8,15 @@ import json
 import re
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from brkcoin.processes import free_port
+from support import serve
 
 WEBUI = Path(__file__).resolve().parents[2] / "webui"
 DIGEST = "0" + "ab" * 31 + "c"  # 64 hex chars, a coin
@@ -27,19 +27,20 @@ def _coin(n: int) -> str:
 
 
 @pytest.fixture
-def client(make_client, redis_server):
+def client(function_client, redis_server):
     # Nothing listens on the function URLs: /health must report them down, quickly.
     dead = f"http://127.0.0.1:{free_port()}"
-    return make_client(
+    return function_client(
+        "webui",
         REDIS_URL=redis_server.url, RNG_URL=dead, HASHER_URL=dead, WORKER_URL=dead,
         WEBUI_HEALTH_TTL="0",
     )
 
 
 @pytest.fixture
-def down_client(make_client):
+def down_client(function_client):
     """The webui pointed at a port where no Redis listens."""
-    return make_client(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    return function_client("webui", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
 
 
 def test_json_matches_redis(client, redis_server):
@@ -107,9 +108,9 @@ def test_redis_down_is_503_json(down_client, path):
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
-def test_redis_password_not_in_errors(make_client):
+def test_redis_password_not_in_errors(function_client):
     port = free_port()
-    client = make_client(REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    client = function_client("webui", REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
     response = client.get("/json")
     assert response.status_code == 503
     assert "s3cret-pw" not in response.get_data(as_text=True)
@@ -251,11 +252,8 @@ class _Hello(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hello_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve(_Hello) as url:
+        yield url
 
 
 @pytest.fixture
@@ -267,8 +265,9 @@ def silent_port() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-def test_health_up_down_and_hung(make_client, redis_server, hello_server, silent_port):
-    client = make_client(
+def test_health_up_down_and_hung(function_client, redis_server, hello_server, silent_port):
+    client = function_client(
+        "webui",
         REDIS_URL=redis_server.url,
         RNG_URL=hello_server,
         HASHER_URL=f"http://127.0.0.1:{free_port()}",  # refused

@@ -57,10 +57,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_verb(sub, "deploy", "deploy brkcoin's functions to a target")
     _add_verb(sub, "destroy", "remove what `brkcoin deploy TARGET` made")
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Only the deploy/destroy commands (what `brkcoin deploy ...` runs), for tests and scripts."""
-    parser = argparse.ArgumentParser(prog="brkcoin")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return int(args.run(args) or 0)

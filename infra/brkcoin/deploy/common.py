@@ -13,7 +13,6 @@ from brkcoin.layout import ROOT
 CONTAINER_DIR = ROOT / "infra" / "container"
 K8S_DIR = ROOT / "infra" / "k8s"
 AWS_DIR = ROOT / "infra" / "aws"
-FUNCTION_NAMES = ("rng", "hasher", "worker", "webui")
 
 
 class DeployError(RuntimeError):
