@@ -4,12 +4,13 @@ loopback ports, so the tests pass beside a running `make up`."""
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import functions_framework
 import pytest
-from flask.testing import FlaskClient
+from starlette.testclient import TestClient
 
 from brkcoin.layout import FUNCTIONS, WORKER_EVENT
 from brkcoin.processes import FunctionProcess, free_port
@@ -19,19 +20,35 @@ TARGETS = {**FUNCTIONS, WORKER_EVENT.name: WORKER_EVENT}
 NO_DELAYS = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0"}
 
 
-@pytest.fixture
-def function_client(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FlaskClient]:
-    """function_client(name, target=None, **env): a Flask test client of a freshly
-    loaded function module, as functions_framework.create_app builds it."""
+def _forget_modules_of(folder: Path) -> None:
+    """Drop a function folder's sibling modules (the worker's settings, mining...)
+    from sys.modules, so the next load reads the environment afresh."""
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None) or ""
+        if file and Path(file).resolve().parent == folder.resolve():
+            del sys.modules[name]
 
-    def make(name: str, target: str | None = None, **env: str) -> FlaskClient:
+
+@pytest.fixture
+def function_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]]:
+    """function_client(name, target=None, **env): an in-process client of a freshly
+    loaded function module, as functions_framework.create_app builds it (an ASGI
+    app for the async functions), with `env` set first."""
+    clients: list[TestClient] = []
+
+    def make(name: str, target: str | None = None, **env: str) -> TestClient:
         for key, value in {"RNG_DELAY": "0", "HASHER_DELAY": "0", **env}.items():
             monkeypatch.setenv(key, value)
+        _forget_modules_of(TARGETS[name].folder)
         importlib.invalidate_caches()
         app = functions_framework.create_app(target or name, str(TARGETS[name].source))
-        return app.test_client()
+        client = TestClient(app, raise_server_exceptions=False)
+        clients.append(client)
+        return client
 
-    return make
+    yield make
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture

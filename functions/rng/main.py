@@ -2,39 +2,68 @@
 
 GET /    -> "RNG running on <hostname>\n"
 GET /<n> -> exactly n bytes from os.urandom, application/octet-stream
+
+An async function (functions_framework.aio): the plain `functions-framework
+--target rng` command serves it with uvicorn, and a request waiting out the demo
+latency holds no thread.
 """
 
+from __future__ import annotations
+
+import asyncio
 import json
 import os
 import socket
-import time
 
-import flask
-import functions_framework
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 
-DELAY = float(os.environ.get("RNG_DELAY", "0.1"))  # demo latency, as the original
-MAX_BYTES = int(os.environ.get("RNG_MAX_BYTES", str(1024 * 1024)))
+
+def _env_number(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        value = default if raw is None else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
+    return value
+
+
+DELAY = _env_number("RNG_DELAY", 0.1, 0, 60)  # demo latency, as the original
+MAX_BYTES = int(_env_number("RNG_MAX_BYTES", 1 << 20, 1, 1 << 30))
 HELLO = f"RNG running on {socket.gethostname()}\n"
+MAX_DIGITS = len(str(MAX_BYTES))
 
 
-def _error(status: int, message: str) -> flask.Response:
-    return flask.Response(
-        json.dumps({"error": message}), status, mimetype="application/json"
+def _error(status: int, message: str, **headers: str) -> Response:
+    return Response(json.dumps({"error": message}), status, headers,
+                    media_type="application/json")
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
+        for name, value in headers
     )
 
 
-@functions_framework.http
-def rng(request: flask.Request) -> flask.Response:
+@functions_framework.aio.http
+async def rng(request: Request) -> Response:
     if request.method not in ("GET", "HEAD"):
-        return _error(405, f"method {request.method} not allowed; use GET /<n>")
-    path = request.path.strip("/")
+        return _error(405, f"method {request.method} not allowed; use GET /<n>",
+                      Allow="GET, HEAD", Connection="close")
+    if _has_body(request.scope["headers"]):
+        # A body is never read: the answer closes the connection instead.
+        return _error(400, "GET /<n> takes no request body", Connection="close")
+    path = request.scope["path"].strip("/")  # the scope itself: request.url costs more
     if not path:
-        return flask.Response(HELLO, mimetype="text/plain")
-    if not (path.isascii() and path.isdigit()):
-        return _error(400, f"n must be an integer from 1 to {MAX_BYTES}, got {path[:40]!r}")
-    n = int(path)
-    if not 1 <= n <= MAX_BYTES:
-        return _error(400, f"n must be an integer from 1 to {MAX_BYTES}, got {n}")
+        return PlainTextResponse(HELLO)
+    if not (path.isascii() and path.isdigit() and len(path) <= MAX_DIGITS
+            and 1 <= int(path) <= MAX_BYTES):
+        shown = path if len(path) <= 40 else path[:40] + "..."
+        return _error(400, f"n must be an integer from 1 to {MAX_BYTES}, got {shown!r}")
     if DELAY:
-        time.sleep(DELAY)
-    return flask.Response(os.urandom(n), mimetype="application/octet-stream")
+        await asyncio.sleep(DELAY)
+    return Response(os.urandom(int(path)), media_type="application/octet-stream")

@@ -9,29 +9,31 @@ import pytest
 def test_root_says_hello_with_hostname(function_client):
     response = function_client("rng").get("/")
     assert response.status_code == 200
-    assert response.data == f"RNG running on {socket.gethostname()}\n".encode()
+    assert response.content == f"RNG running on {socket.gethostname()}\n".encode()
 
 
 @pytest.mark.parametrize("n", [1, 32, 1000, 1024 * 1024])
 def test_serves_exactly_n_random_bytes(function_client, n):
     response = function_client("rng").get(f"/{n}")
     assert response.status_code == 200
-    assert response.mimetype == "application/octet-stream"
-    assert len(response.data) == n
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert len(response.content) == n
 
 
 def test_bytes_differ_between_calls(function_client):
     rng = function_client("rng")
-    assert rng.get("/32").data != rng.get("/32").data
+    assert rng.get("/32").content != rng.get("/32").content
 
 
 @pytest.mark.parametrize(
-    "path", ["/0", "/-1", "/abc", "/1.5", "/1048577", "/99999999999999999999", "/3/4", "/%C2%B2"]
+    "path",
+    ["/0", "/-1", "/abc", "/1.5", "/1048577", "/99999999999999999999", "/3/4", "/%C2%B2",
+     "/" + "9" * 4301],  # 4301 digits: over Python's int conversion limit
 )
 def test_bad_n_is_400_with_json_error(function_client, path):
     response = function_client("rng").get(path)
     assert response.status_code == 400
-    assert "n must be an integer from 1 to 1048576" in response.get_json()["error"]
+    assert "n must be an integer from 1 to 1048576" in response.json()["error"]
 
 
 def test_limit_is_configurable(function_client):
@@ -43,7 +45,14 @@ def test_limit_is_configurable(function_client):
 def test_other_methods_are_405_with_json(function_client):
     response = function_client("rng").post("/32")
     assert response.status_code == 405
-    assert "GET" in response.get_json()["error"]
+    assert "GET" in response.json()["error"]
+
+
+def test_a_get_with_a_body_is_refused_unread(function_client):
+    response = function_client("rng").request("GET", "/32", content=b"x" * 100)
+    assert response.status_code == 400
+    assert "no request body" in response.json()["error"]
+    assert response.headers["connection"] == "close"
 
 
 def test_demo_delay_applies_per_request(function_client):
@@ -51,3 +60,8 @@ def test_demo_delay_applies_per_request(function_client):
     started = time.monotonic()
     rng.get("/32")
     assert time.monotonic() - started >= 0.2
+
+
+def test_a_bad_setting_names_its_variable(function_client):
+    with pytest.raises(ValueError, match="RNG_DELAY must be a number from 0 to 60, got 'x'"):
+        function_client("rng", RNG_DELAY="x")
