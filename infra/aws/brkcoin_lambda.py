@@ -1,14 +1,15 @@
 """AWS Lambda entry point for an unchanged Functions Framework function folder.
 
 `brkcoin deploy aws` zips this module beside the folder's main.py and sets the
-handler to `brkcoin_lambda.handler`. The function is served by the very Flask app
-`functions-framework` serves (`functions_framework.create_app`):
+handler to `brkcoin_lambda.handler`. The function is served by the very ASGI app
+`functions-framework` serves (`functions_framework.create_app`), through Mangum:
 
-- HTTP events (function URL payload 2.0, API Gateway, ALB) go through apig-wsgi;
+- HTTP events (function URL payload 2.0, API Gateway, ALB) go to it as they are;
 - any other event (an EventBridge schedule, a direct `aws lambda invoke`) goes to
-  the CloudEvent target named by FUNCTION_EVENT_TARGET (the worker's
-  `worker_event`) as a binary-mode CloudEvent, whose data is the EventBridge
-  event's `detail`, or the payload itself for a target's constant input.
+  the target named by FUNCTION_EVENT_TARGET (the worker's `worker_event`) as a
+  binary-mode CloudEvent POSTed to it, whose data is the EventBridge event's
+  `detail`, or the payload itself for a target's constant input. A 5xx answer
+  (e.g. 503: counts not recorded) is raised, so Lambda retries the event.
 
 Environment: FUNCTION_TARGET (required), FUNCTION_EVENT_TARGET (optional),
 FUNCTION_SOURCE (default: main.py beside this file), SIGN_URLS (optional: names of
@@ -18,14 +19,15 @@ see sigv4_proxy.py).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import functions_framework
-from apig_wsgi import make_lambda_handler
-from cloudevents.http import CloudEvent, to_binary
+from mangum import Mangum
 
 if os.environ.get("SIGN_URLS"):  # before main.py reads the URLs at import
     import sigv4_proxy
@@ -37,10 +39,8 @@ TARGET = os.environ["FUNCTION_TARGET"]
 EVENT_TARGET = os.environ.get("FUNCTION_EVENT_TARGET", "")
 
 # Built once per Lambda instance (cold start), as functions-framework does per process.
-_http_handler = make_lambda_handler(
-    functions_framework.create_app(TARGET, SOURCE), binary_support=True
-)
-_event_app = None
+_http_handler = Mangum(functions_framework.create_app(TARGET, SOURCE), lifespan="off")
+_event_handler: Mangum | None = None
 
 
 class EventFailed(RuntimeError):
@@ -56,39 +56,49 @@ def is_eventbridge(event: Any) -> bool:
     return isinstance(event, dict) and "detail-type" in event and "source" in event
 
 
-def as_cloudevent(event: Any, request_id: str) -> CloudEvent:
-    """The CloudEvent an event source would have sent: EventBridge's own id, source and time."""
+def cloudevent_headers(event: Any, request_id: str) -> dict[str, str]:
+    """The binary-mode CloudEvent headers an event source would have sent:
+    EventBridge's own id, source, type and time."""
     if is_eventbridge(event):
-        attributes = {
-            "id": str(event.get("id") or request_id),
-            "source": str(event["source"]),
-            "type": str(event["detail-type"]),
-            "subject": ",".join(event.get("resources") or []) or None,
-        }
+        headers = {"ce-id": str(event.get("id") or request_id), "ce-source": str(event["source"]),
+                   "ce-type": str(event["detail-type"])}
+        if event.get("resources"):
+            headers["ce-subject"] = ",".join(event["resources"])
         if event.get("time"):
-            attributes["time"] = event["time"]
-        data = event.get("detail")
+            headers["ce-time"] = str(event["time"])
     else:
-        attributes = {"id": request_id, "source": "aws.lambda", "type": "aws.lambda.invoke"}
-        data = event
-    attributes = {k: v for k, v in attributes.items() if v is not None}
-    attributes["datacontenttype"] = "application/json"
-    return CloudEvent(attributes, data)
+        headers = {"ce-id": request_id, "ce-source": "aws.lambda", "ce-type": "aws.lambda.invoke"}
+    return {"ce-specversion": "1.0", "content-type": "application/json", **headers}
+
+
+def as_http_event(event: Any, request_id: str) -> dict[str, Any]:
+    """A function URL (payload 2.0) POST of the event as a CloudEvent."""
+    data = event.get("detail") if is_eventbridge(event) else event
+    body = json.dumps(data).encode()
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+        "headers": cloudevent_headers(event, request_id),
+        "requestContext": {"http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1",
+                                    "sourceIp": "127.0.0.1", "userAgent": "aws-lambda"},
+                           "requestId": request_id, "stage": "$default"},
+        "body": base64.b64encode(body).decode(), "isBase64Encoded": True,
+    }
 
 
 def _deliver(event: Any, context: Any) -> dict[str, Any]:
-    global _event_app
+    global _event_handler
     if not EVENT_TARGET:
         raise ValueError(f"{TARGET} takes HTTP events only (function URL, API Gateway)")
-    if _event_app is None:
-        _event_app = functions_framework.create_app(EVENT_TARGET, SOURCE, "cloudevent")
+    if _event_handler is None:
+        _event_handler = Mangum(functions_framework.create_app(EVENT_TARGET, SOURCE),
+                                lifespan="off")
     request_id = getattr(context, "aws_request_id", None) or str(uuid.uuid4())
-    headers, body = to_binary(as_cloudevent(event, request_id))
-    response = _event_app.test_client().post("/", headers=headers, data=body)
-    text = response.get_data(as_text=True)
-    if response.status_code >= 500:  # e.g. 503 with unrecorded counts: let Lambda retry
-        raise EventFailed(f"{EVENT_TARGET} answered {response.status_code}: {text}")
-    return {"statusCode": response.status_code, "body": text}
+    response = _event_handler(as_http_event(event, request_id), context)
+    body = response.get("body") or ""
+    text = base64.b64decode(body).decode() if response.get("isBase64Encoded") else body
+    if response["statusCode"] >= 500:  # e.g. 503 with unrecorded counts: let Lambda retry
+        raise EventFailed(f"{EVENT_TARGET} answered {response['statusCode']}: {text}")
+    return {"statusCode": response["statusCode"], "body": text}
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
