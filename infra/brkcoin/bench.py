@@ -1,16 +1,24 @@
 """`brkcoin bench`: the real pipeline (functions-framework processes + redis-server)
-measured in one run, so the numbers can be compared with each other.
+measured in one run, against a reference measured in the same run, because the
+machine's speed varies from day to day and only ratios of one run compare.
 
-Reports hashes/s for batch=1 (the original protocol) and a large batch at several
-concurrencies, CPU ms per hash with every process of the stack counted, the demo
-rate with the default 0.1 s delays, each function's first answer after its process
-starts, and the in-process limit of sha256(os.urandom(32)) for the ratio.
+- reference: a bare Functions Framework HTTP function with its default settings
+  (`return "ok"`, Flask on gunicorn threads), driven by the worker's own
+  keep-alive client at the same concurrency: round trips per second, and its
+  first answer after the process starts;
+- hashes/s for batch=1 (the original protocol) and a large batch at several
+  concurrencies, with CPU ms per hash counting every process of the stack;
+- the rate with the default 0.1 s delays, at concurrency 1 and 300;
+- each function's first answer after its process starts (median of 5);
+- the in-process limit: sha256(os.urandom(32)) with the coin check, one core.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -18,16 +26,26 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import psutil
 import requests
 
-from brkcoin.layout import FUNCTIONS
+from brkcoin.layout import FUNCTIONS, Function
 from brkcoin.processes import FunctionProcess, free_port
 from brkcoin.stack import Stack
 
 NO_DELAYS = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0"}
 BIG_BATCH = 8192
+REFERENCE_SOURCE = '''\
+import functions_framework
+
+
+@functions_framework.http
+def reference(request):
+    return "ok"
+'''
 
 
 def in_process_limit(seconds: float = 1.0) -> float:
@@ -44,26 +62,59 @@ def in_process_limit(seconds: float = 1.0) -> float:
     return count / (time.perf_counter() - started)
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    process = psutil.Process(pid)
-    return [process, *process.children(recursive=True)]
+def _worker_client() -> ModuleType:
+    """The worker's own upstream client module (functions/worker/upstream.py)."""
+    path = FUNCTIONS["worker"].folder / "upstream.py"
+    spec = importlib.util.spec_from_file_location("brkcoin_bench_upstream", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def round_trips(url: str, concurrency: int, seconds: float) -> float:
+    """GET / round trips per second, `concurrency` keep-alive loops of the worker's client."""
+    client = _worker_client()
+
+    async def loop(stop: float, done: list[int]) -> None:
+        upstream = client.Upstream("reference", url, 10.0)
+        try:
+            while time.monotonic() < stop:
+                await upstream.call("GET", "/", limit=1024)
+                done[0] += 1
+        finally:
+            upstream.close()
+
+    async def run() -> float:
+        done = [0]
+        started = time.monotonic()
+        await asyncio.gather(*(loop(started + seconds, done) for _ in range(concurrency)))
+        return done[0] / (time.monotonic() - started)
+
+    return asyncio.run(run())
+
+
+def _tree_cpu(pid: int) -> float:
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
 
 
 def cpu_seconds(stack: Stack) -> float:
-    """User + system CPU of every process the stack runs (gunicorn workers included)."""
-    pids = [f.process.pid for f in stack.functions.values()] + [stack.redis.process.pid]
-    total = 0.0
-    for pid in pids:
-        for process in _tree(pid):
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-    return total
+    """User + system CPU of every process the stack runs (server workers and Redis)."""
+    pids = [f.process.pid for f in stack.functions.values() if f.process]
+    if stack.redis and stack.redis.process:
+        pids.append(stack.redis.process.pid)
+    return sum(_tree_cpu(pid) for pid in pids)
 
 
-def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int) -> dict:
+def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int) -> dict[str, Any]:
     cpu_before = cpu_seconds(stack)
     response = requests.post(
         stack.urls["worker"],
@@ -83,11 +134,11 @@ def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int) -> dic
     }
 
 
-def first_answer_ms(name: str, runs: int, log_dir: Path) -> float:
+def first_answer_ms(function: Function, runs: int, log_dir: Path) -> float:
     """Median time from process start to the function's first 200 answer."""
     times = []
     for _ in range(runs):
-        process = FunctionProcess(FUNCTIONS[name], free_port(), NO_DELAYS, log_dir)
+        process = FunctionProcess(function, free_port(), NO_DELAYS, log_dir)
         started = time.perf_counter()
         process.start().wait_ready(30)
         times.append((time.perf_counter() - started) * 1000)
@@ -95,21 +146,42 @@ def first_answer_ms(name: str, runs: int, log_dir: Path) -> float:
     return round(statistics.median(times), 1)
 
 
-def _stack(data_dir: Path, env: dict) -> Stack:
+def _stack(data_dir: Path, env: dict[str, str]) -> Stack:
     names = ("rng", "hasher", "worker")
     ports = {n: free_port() for n in names}
     return Stack(data_dir, ports=ports, redis_port=free_port(), env=env, names=names)
 
 
+def reference(tmp: Path, seconds: float, concurrency: int, runs: int) -> dict[str, Any]:
+    folder = tmp / "reference"
+    folder.mkdir()
+    (folder / "main.py").write_text(REFERENCE_SOURCE)
+    function = Function("reference", folder, 0)
+    process = FunctionProcess(function, free_port(), {}, tmp / "logs").start().wait_ready(30)
+    try:
+        rate = round_trips(process.url, concurrency, seconds)
+    finally:
+        process.stop()
+    return {
+        "what": "functions-framework default HTTP function `return 'ok'` (Flask, gunicorn)",
+        "concurrency": concurrency,
+        "round_trips_per_s": round(rate, 1),
+        "first_answer_ms": first_answer_ms(function, runs, tmp / "cold"),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     seconds = args.seconds
     concurrencies = [1, 4] if args.quick else [1, 2, 4, 8]
-    report: dict = {
+    runs = 3 if args.quick else 5
+    report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}, {platform.platform()}",
         "seconds_per_case": seconds,
     }
     with tempfile.TemporaryDirectory(prefix="brkcoin-bench-") as tmp:
+        report["in_process_hashes_per_s"] = round(in_process_limit())
+        report["reference"] = reference(Path(tmp), seconds, 8, runs)
         with _stack(Path(tmp) / "nodelay", NO_DELAYS) as stack:
             report["batch1"] = [mine_case(stack, seconds, c, 1) for c in concurrencies]
             report["batched"] = [
@@ -117,15 +189,29 @@ def run(args: argparse.Namespace) -> int:
             ]
         with _stack(Path(tmp) / "demo", {}) as stack:
             report["demo_delays"] = [
-                mine_case(stack, seconds, c, 1) for c in ([1] if args.quick else [1, 100])
+                mine_case(stack, seconds, c, 1) for c in ([1] if args.quick else [1, 300])
             ]
-        runs = 3 if args.quick else 5
         report["first_answer_ms"] = {
-            n: first_answer_ms(n, runs, Path(tmp) / "cold") for n in FUNCTIONS
+            n: first_answer_ms(f, runs, Path(tmp) / "cold") for n, f in FUNCTIONS.items()
         }
-    report["in_process_hashes_per_s"] = round(in_process_limit())
-    best = max(report["batch1"] + report["batched"], key=lambda c: c["hashes_per_s"])
-    limit = report["in_process_hashes_per_s"]
-    report["best_over_in_process"] = round(best["hashes_per_s"] / limit, 3)
+    report["in_process_hashes_per_s_after"] = round(in_process_limit())
+    report["ratios"] = ratios(report)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def ratios(report: dict[str, Any]) -> dict[str, float]:
+    """The figures that compare across runs: each against its reference of this run."""
+    ref = report["reference"]
+    limit = (report["in_process_hashes_per_s"] + report["in_process_hashes_per_s_after"]) / 2
+    at8 = [c for c in report["batch1"] if c["concurrency"] == ref["concurrency"]]
+    best_batched = max(c["hashes_per_s"] for c in report["batched"])
+    out = {
+        "batched_over_in_process": round(best_batched / limit, 2),
+        "first_answer_over_reference": round(
+            max(report["first_answer_ms"].values()) / ref["first_answer_ms"], 2),
+    }
+    if at8:
+        out["batch1_over_reference_round_trips"] = round(
+            at8[0]["hashes_per_s"] / ref["round_trips_per_s"], 2)
+    return out

@@ -20,6 +20,7 @@ import redis
 
 from brkcoin.layout import FUNCTIONS
 from brkcoin.processes import free_port
+from brkcoin.redis_server import RedisServer
 from support import assert_wallet_holds_only_true_coins
 
 BRKCOIN = str(Path(sys.executable).with_name("brkcoin"))
@@ -168,3 +169,27 @@ def test_a_bad_schedule_gives_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "bad cron expression" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_stopping_up_mid_invocation_is_quick_and_loses_nothing(up):
+    stack = up("--every", "20s")  # each invocation mines about 18 s
+    stack.wait_for("brkcoin is up")
+    client = stack.redis()
+    give_up = time.monotonic() + 30
+    while int(client.get("hashes") or 0) < 20:
+        assert time.monotonic() < give_up, stack.output
+        time.sleep(0.2)
+    stopping = time.monotonic()
+    stack.process.send_signal(signal.SIGTERM)  # mid-invocation
+    assert stack.process.wait(30) == 0
+    assert time.monotonic() - stopping < 3
+    # The wallet as the next run will find it (the AOF), against what was reported.
+    log = (stack.data_dir / "logs" / "scheduler.log").read_text()
+    summaries = [json.loads(line.split("worker 200: ", 1)[1])
+                 for line in log.splitlines() if "worker 200: " in line]
+    assert summaries and "SIGTERM" in summaries[-1]["stopped"]
+    reopened = RedisServer(stack.data_dir / "redis", free_port()).start()
+    try:
+        assert int(reopened.client().get("hashes")) == sum(s["hashes"] for s in summaries)
+    finally:
+        reopened.stop()
