@@ -4,42 +4,115 @@ GET /           -> index.html (and the page's own files: app.js, style.css, vend
 GET /json       -> {"coins": HLEN wallet, "hashes": GET hashes, "now": epoch seconds}
                    as DockerCoins' webui serves it, so the original page works against it
 GET /coins      -> the most recent coins, newest first, from the worker's `coins:recent`
-GET /health     -> whether redis, rng, hasher and worker answer, probed concurrently
+GET /health     -> whether redis, rng, hasher and worker answer: up, ms and the banner
 
-Read-only: it never writes to Redis. Errors are JSON {"error": "..."}: Redis down
-answers 503, unknown paths 404, bad input 400. Every answer carries CORS headers so
-the same static files work from any host when told where this function is (?api=).
+Read-only: it never writes to Redis and never reads a request body (one over 1 KiB,
+or chunked, is refused at once and the connection closed). Errors are JSON
+{"error": "..."}: Redis down or holding what the worker never writes answers 503,
+unknown paths 404, bad input 400. Every answer carries CORS headers so the same
+static files work from any host when told where this function is (?api=).
+
+An async function (functions_framework.aio): the plain `functions-framework
+--target webui` command serves it with uvicorn, so a slow client holds no thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 import json
+import logging
+import math
 import os
-import threading
+import re
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-import flask
-import functions_framework
-import redis
+import functions_framework.aio
+import redis.asyncio
+from redis import ConnectionError as RedisConnectionError
+from redis import RedisError, ResponseError
+from redis import TimeoutError as RedisTimeoutError
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+def _env_number(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        value = default if raw is None else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
+    return value
+
+
+class Target(NamedTuple):
+    """Where a function answers its `GET /` banner."""
+
+    host: str
+    port: int
+    tls: bool
+    request: bytes
+
+
+def _env_target(name: str, default: str) -> Target:
+    raw = os.environ.get(name, default)
+    url = urlsplit(raw)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    if not (url.scheme in ("http", "https") and url.hostname and port and raw.isascii()
+            and raw.isprintable() and " " not in raw):
+        raise ValueError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    path = url.path.rstrip("/") + "/"
+    host_header = url.netloc.rpartition("@")[2]  # never send the URL's credentials
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: brkcoin-webui\r\n"
+               "Accept: text/plain\r\nConnection: close\r\n\r\n").encode()
+    return Target(url.hostname, port, url.scheme == "https", request)
+
+
+def _redis_where(url: str) -> str:
+    """host:port (or the socket path) of REDIS_URL for messages: no password."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "unix":
+            return parts.path
+        if parts.scheme in ("redis", "rediss") and parts.hostname:
+            return f"{parts.hostname}:{parts.port or 6379}"
+    except ValueError:
+        pass
+    raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL with a host")
+
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6380/0")
-FUNCTION_URLS = {
-    "rng": os.environ.get("RNG_URL", "http://127.0.0.1:8001"),
-    "hasher": os.environ.get("HASHER_URL", "http://127.0.0.1:8002"),
-    "worker": os.environ.get("WORKER_URL", "http://127.0.0.1:8003"),
+REDIS_WHERE = _redis_where(REDIS_URL)
+FUNCTIONS = {
+    "rng": _env_target("RNG_URL", "http://127.0.0.1:8001"),
+    "hasher": _env_target("HASHER_URL", "http://127.0.0.1:8002"),
+    "worker": _env_target("WORKER_URL", "http://127.0.0.1:8003"),
 }
-PROBE_TIMEOUT = float(os.environ.get("WEBUI_PROBE_TIMEOUT", "1.0"))
+PROBE_TIMEOUT = _env_number("WEBUI_PROBE_TIMEOUT", 1.0, 0.01, 60)  # total, per probe
 # Many viewers each polling /health must not multiply the probes sent to the functions.
-HEALTH_TTL = float(os.environ.get("WEBUI_HEALTH_TTL", "2.0"))
+HEALTH_TTL = _env_number("WEBUI_HEALTH_TTL", 2.0, 0, 3600)
+MAX_BODY = 1024  # a GET has no use for a body; anything larger is refused unread
 RECENT_KEY = "coins:recent"  # written by the worker beside `wallet`, newest first
 MAX_RECENT = 100
+KEY_TYPES = {"hashes": "string", "wallet": "hash", RECENT_KEY: "list"}
+COUNTER = re.compile(rb"-?[0-9]{1,19}")  # what INCRBY leaves: a signed 64-bit integer
+DIGEST = re.compile(r"[0-9a-f]{64}")
+BANNER_BYTES = 256  # read of a function's banner; only its first line is shown...
+BANNER_CHARS = 80  # ...cut to this length
 
 HERE = Path(__file__).resolve().parent
 CONTENT_TYPES = {
@@ -49,14 +122,25 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
     ".png": "image/png",
 }
-# The page's files, fixed at start-up. Serving only names in this table (never a
+
+
+class StaticFile(NamedTuple):
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def _static_file(path: Path) -> StaticFile:
+    body = path.read_bytes()
+    content_type = CONTENT_TYPES.get(path.suffix, "text/plain; charset=utf-8")
+    return StaticFile(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+
+
+# The page's files, read at start-up. Serving only names in this table (never a
 # path joined from the request) makes traversal impossible and keeps main.py and
 # requirements.txt private.
-STATIC: dict[str, tuple[Path, str]] = {
-    "/" + path.relative_to(HERE).as_posix(): (
-        path,
-        CONTENT_TYPES.get(path.suffix, "text/plain; charset=utf-8"),
-    )
+STATIC: dict[str, StaticFile] = {
+    "/" + path.relative_to(HERE).as_posix(): _static_file(path)
     for path in sorted(HERE.rglob("*"))
     if path.is_file()
     and not any(part.startswith((".", "_")) for part in path.relative_to(HERE).parts)
@@ -73,35 +157,57 @@ PAGE_CSP = (
 )
 
 
-def _redis_client(url: str) -> redis.Redis:
-    # Short timeouts so a dead Redis turns into a quick 503, never a hanging page.
-    # One immediate retry replaces a pooled connection that a Redis restart closed.
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=1,
-        socket_timeout=2,
-        retry=Retry(NoBackoff(), 1),
-        decode_responses=True,
-    )
+class BadData(Exception):
+    """Redis holds what the worker never writes there: a 503 that names the key."""
 
 
-_redis = _redis_client(REDIS_URL)
-_where = urlsplit(REDIS_URL)
-REDIS_WHERE = f"{_where.hostname}:{_where.port or 6379}"  # no password in messages
+# ---- Redis ----
+
+_client: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
 
 
-def _json(status: int, body: object, **headers: str) -> flask.Response:
-    response = flask.Response(json.dumps(body), status, mimetype="application/json")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers.update(headers)
-    return response
+def _redis() -> redis.asyncio.Redis:
+    """The Redis client of the running event loop: one for the server's life (a
+    test client may run a loop per request, and connections belong to their loop)."""
+    global _client
+    loop = asyncio.get_running_loop()
+    if _client is None or _client[0] is not loop:
+        # Short timeouts so a dead Redis turns into a quick 503, never a hanging page.
+        # One immediate retry replaces a pooled connection that a Redis restart closed.
+        _client = (loop, redis.asyncio.Redis.from_url(
+            REDIS_URL, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 1)
+        ))
+    return _client[1]
 
 
-def _redis_down(error: redis.RedisError) -> flask.Response:
-    return _json(503, {"error": f"Redis unreachable at {REDIS_WHERE}: {error}"})
+async def _transaction(*commands: tuple[str, ...]) -> list[Any]:
+    """Run read commands (name, key, args...) in one MULTI, so they see one moment.
+    A key of the wrong type becomes BadData naming it, not a generic error."""
+    pipe = _redis().pipeline(transaction=True)
+    for command in commands:
+        pipe.execute_command(*command)
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    for command, result in zip(commands, results, strict=True):
+        if isinstance(result, ResponseError):
+            key = command[1] if len(command) > 1 else ""
+            if key in KEY_TYPES and str(result).startswith("WRONGTYPE"):
+                kind = await _redis().type(key)
+                kind = kind.decode() if isinstance(kind, bytes) else kind
+                raise BadData(f"Redis key {key!r} holds a {kind}, not a {KEY_TYPES[key]}")
+            raise result
+    return results
 
 
-def wallet_json() -> dict:
+def _counter(raw: bytes | None) -> int:
+    if raw is None:
+        return 0  # before the first hash
+    if COUNTER.fullmatch(raw) and -(2**63) <= int(raw) < 2**63:
+        return int(raw)
+    shown = raw[:40].decode("utf-8", "replace") + ("..." if len(raw) > 40 else "")
+    raise BadData(f"Redis key 'hashes' holds {shown!r}, not an integer")
+
+
+async def wallet_json() -> dict[str, Any]:
     """The DockerCoins /json triple, read in one transaction so it is consistent.
 
     `now` is Redis' clock, not this host's: several webui instances behind one URL
@@ -111,140 +217,265 @@ def wallet_json() -> dict:
     readings, which gives the same result for numbers, and numbers stay right for
     any other client.
     """
-    pipe = _redis.pipeline(transaction=True)
-    pipe.time().get("hashes").hlen("wallet")
-    (seconds, micros), hashes, coins = pipe.execute()
-    return {"coins": int(coins), "hashes": int(hashes or 0), "now": seconds + micros / 1e6}
+    (seconds, micros), hashes, coins = await _transaction(
+        ("TIME",), ("GET", "hashes"), ("HLEN", "wallet")
+    )
+    return {"coins": coins, "hashes": _counter(hashes), "now": seconds + micros / 1e6}
 
 
-def recent_coins(limit: int) -> dict:
-    pipe = _redis.pipeline(transaction=True)
-    pipe.lrange(RECENT_KEY, 0, limit - 1).hlen("wallet")
-    entries, total = pipe.execute()
-    coins = []
-    for entry in entries:
-        try:
-            coin = json.loads(entry)
-            digest, when = coin["digest"], float(coin["time"])
-        except (ValueError, TypeError, KeyError):
-            continue  # a malformed entry must not hide the good ones
-        if isinstance(digest, str) and len(digest) == 64:
-            coins.append({"digest": digest, "time": when})
-    return {"coins": coins, "total": int(total)}
-
-
-def _probe(url: str) -> dict:
-    """GET {url}/ as the functions answer it: 200 and '<NAME> running on <host>'."""
-    started = time.monotonic()
-    result: dict = {"url": url}
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/", timeout=PROBE_TIMEOUT) as answer:
-            text = answer.read(200).decode("utf-8", "replace").strip()
-            result.update(up=answer.status == 200, detail=text.splitlines()[0] if text else "")
-    except urllib.error.HTTPError as e:
-        result.update(up=False, detail=f"HTTP {e.code}")
-    except (OSError, ValueError) as e:  # refused, timeout, DNS, bad URL
-        reason = getattr(e, "reason", e)
-        result.update(up=False, detail=str(reason) or type(e).__name__)
-    result["ms"] = round((time.monotonic() - started) * 1000, 1)
-    return result
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
-def _probe_redis() -> dict:
+def _coin(entry: bytes) -> dict[str, Any] | None:
+    """A `coins:recent` entry as the page shows it; None when malformed."""
+    try:
+        coin = json.loads(entry)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(coin, dict):
+        return None
+    digest, when = coin.get("digest"), _finite(coin.get("time"))
+    if not (isinstance(digest, str) and DIGEST.fullmatch(digest) and when is not None):
+        return None
+    return {"digest": digest, "time": when}
+
+
+async def recent_coins(limit: int) -> dict[str, Any]:
+    entries, total = await _transaction(
+        ("LRANGE", RECENT_KEY, "0", str(limit - 1)), ("HLEN", "wallet")
+    )
+    # A malformed entry must not hide the good ones.
+    coins = [coin for coin in map(_coin, entries) if coin is not None]
+    return {"coins": coins, "total": total}
+
+
+# ---- /health ----
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+def _why(error: Exception) -> str:
+    """A short reason that names no host: /health is public, the functions are not."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, socket.gaierror):
+        return "unknown host"
+    if isinstance(error, ssl.SSLError):
+        return "TLS error"
+    if isinstance(error, ConnectionError | asyncio.IncompleteReadError):
+        return "connection closed"
+    if isinstance(error, OSError):
+        return "unreachable"
+    return "not an HTTP answer"
+
+
+async def _read_up_to(reader: asyncio.StreamReader, size: int) -> bytes:
+    data = b""
+    while len(data) < size and (part := await reader.read(size - len(data))):
+        data += part
+    return data
+
+
+async def _banner(reader: asyncio.StreamReader, headers: dict[str, str]) -> str:
+    """The first line of a 200 answer's body, printable and cut short."""
+    size = BANNER_BYTES
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        size = min(size, int((await reader.readline()).split(b";")[0], 16))
+    elif headers.get("content-length", "").isdigit():
+        size = min(size, int(headers["content-length"]))
+    text = (await _read_up_to(reader, size)).decode("utf-8", "replace")
+    first = text.splitlines()[0] if text.strip() else ""
+    return "".join(c for c in first.strip() if c.isprintable())[:BANNER_CHARS]
+
+
+async def _get_banner(target: Target) -> tuple[bool, str]:
+    """GET / once, following no redirect: (up, detail). A body is read only from a 200."""
+    reader, writer = await asyncio.open_connection(
+        target.host, target.port, ssl=_tls() if target.tls else None, limit=16 * 1024
+    )
+    try:
+        writer.write(target.request)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        if not (version.startswith("HTTP/") and rest[:3].isdigit()):
+            raise ValueError("not an HTTP status line")
+        if rest[:3] != "200":
+            return False, f"HTTP {rest[:3]}"
+        headers = {name.strip().lower(): value.strip()
+                   for name, _, value in (line.partition(":") for line in lines)}
+        return True, await _banner(reader, headers)
+    finally:
+        writer.close()
+
+
+async def _probe(target: Target) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        _redis.ping()
-        result = {"up": True, "detail": f"PING ok at {REDIS_WHERE}"}
-    except redis.RedisError as e:
-        result = {"up": False, "detail": f"unreachable at {REDIS_WHERE}: {e}"}
-    result["ms"] = round((time.monotonic() - started) * 1000, 1)
-    return result
+        async with asyncio.timeout(PROBE_TIMEOUT):  # the whole exchange, however it trickles
+            up, detail = await _get_banner(target)
+    except (OSError, ValueError, EOFError, asyncio.LimitOverrunError) as e:
+        up, detail = False, _why(e)
+    return {"up": up, "ms": round((time.monotonic() - started) * 1000, 1), "detail": detail}
 
 
-_health_lock = threading.Lock()
-_health_cache: tuple[float, dict] = (0.0, {})
+async def _probe_redis() -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await _redis().ping()
+        up, detail = True, "PING ok"
+    except (TimeoutError, RedisTimeoutError):
+        up, detail = False, "timed out"
+    except RedisError:
+        up, detail = False, "unreachable"
+    return {"up": up, "ms": round((time.monotonic() - started) * 1000, 1), "detail": detail}
 
 
-def health() -> dict:
-    """Probe Redis and the functions at once; bounded by the probe timeout."""
-    global _health_cache
-    with _health_lock:  # one probe round at a time, shared by concurrent viewers
-        checked, report = _health_cache
-        if time.monotonic() - checked < HEALTH_TTL:
-            return report
-        with ThreadPoolExecutor(max_workers=len(FUNCTION_URLS) + 1) as pool:
-            redis_future = pool.submit(_probe_redis)
-            futures = {name: pool.submit(_probe, url) for name, url in FUNCTION_URLS.items()}
-            report = {
-                "redis": redis_future.result(),
-                "functions": {name: future.result() for name, future in futures.items()},
-                "checked": time.time(),
-            }
-        _health_cache = (time.monotonic(), report)
-        return report
+_report: tuple[float, dict[str, Any]] | None = None  # (monotonic time, report)
+_round: asyncio.Task[dict[str, Any]] | None = None  # the probe round in flight
 
 
-def _limit(request: flask.Request) -> int:
-    raw = request.args.get("limit", "20")
+async def _probe_all() -> dict[str, Any]:
+    global _report
+    redis_probe, *probes = await asyncio.gather(
+        _probe_redis(), *map(_probe, FUNCTIONS.values())
+    )
+    report = {"redis": redis_probe, "functions": dict(zip(FUNCTIONS, probes, strict=True)),
+              "checked": time.time()}
+    _report = (time.monotonic(), report)
+    return report
+
+
+async def health() -> dict[str, Any]:
+    """The latest probe round if fresh; else one round, shared by every caller
+    who asks while it runs."""
+    global _round
+    if _report is not None and time.monotonic() - _report[0] < HEALTH_TTL:
+        return _report[1]
+    loop = asyncio.get_running_loop()
+    if _round is None or _round.done() or _round.get_loop() is not loop:
+        _round = loop.create_task(_probe_all())
+    # shield: a viewer who goes away must not cancel the round the others await.
+    return await asyncio.shield(_round)
+
+
+# ---- HTTP ----
+
+
+def _json(status: int, body: object, **headers: str) -> Response:
+    # allow_nan=False: a slip becomes a clear error, never NaN that no page can parse.
+    return Response(json.dumps(body, allow_nan=False), status,
+                    {"Cache-Control": "no-store", **headers}, media_type="application/json")
+
+
+def _error(status: int, message: str, **headers: str) -> Response:
+    return _json(status, {"error": message}, **headers)
+
+
+async def _from_redis(read: Awaitable[dict[str, Any]]) -> Response:
+    try:
+        return _json(200, await read)
+    except BadData as e:
+        return _error(503, str(e))
+    except (RedisConnectionError, RedisTimeoutError) as e:
+        return _error(503, f"Redis unreachable at {REDIS_WHERE}: {e}")
+    except RedisError as e:
+        return _error(503, f"Redis at {REDIS_WHERE} refused the read: {e}")
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "20")
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_RECENT):
         raise ValueError(f"limit must be an integer from 1 to {MAX_RECENT}, got {raw[:20]!r}")
     return int(raw)
 
 
-def _static(path: str) -> flask.Response | None:
-    found = STATIC.get(path)
-    if found is None:
-        return None
-    file, content_type = found
-    response = flask.send_file(file, conditional=True, etag=True)
-    response.headers["Content-Type"] = content_type  # as is: Flask would add a 2nd charset
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _static(request: Request, file: StaticFile) -> Response:
     # Names are not fingerprinted, so revalidate each load (cheap: ETag -> 304).
-    response.headers["Cache-Control"] = "no-cache"
-    if content_type.startswith("text/html"):
-        response.headers["Content-Security-Policy"] = PAGE_CSP
-    return response
+    headers = {"ETag": file.etag, "Cache-Control": "no-cache"}
+    if file.content_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = PAGE_CSP
+    if _etag_matches(request.headers.get("if-none-match"), file.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(file.body, headers=headers, media_type=file.content_type)
 
 
-def _route(request: flask.Request) -> flask.Response:
-    path = request.path
+async def _route(request: Request) -> Response:
+    path = request.scope["path"]
     if path == "/json":
-        try:
-            return _json(200, wallet_json())
-        except redis.RedisError as e:
-            return _redis_down(e)
+        return await _from_redis(wallet_json())
     if path == "/coins":
         try:
             limit = _limit(request)
         except ValueError as e:
-            return _json(400, {"error": str(e)})
-        try:
-            return _json(200, recent_coins(limit))
-        except redis.RedisError as e:
-            return _redis_down(e)
+            return _error(400, str(e))
+        return await _from_redis(recent_coins(limit))
     if path == "/health":
-        return _json(200, health())
-    response = _static(path)
-    if response is None:
+        return _json(200, await health())
+    file = STATIC.get(path)
+    if file is None:
         shown = path if len(path) <= 80 else path[:80] + "..."
-        return _json(404, {"error": f"no such path {shown!r}; try / or /json"})
-    return response
+        return _error(404, f"no such path {shown!r}; try / or /json")
+    return _static(request, file)
 
 
-@functions_framework.http
-def webui(request: flask.Request) -> flask.Response:
-    if request.method == "OPTIONS":  # CORS preflight
-        response = flask.Response(status=204)
-        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-        response.headers["Access-Control-Max-Age"] = "3600"
-    elif request.method in ("GET", "HEAD"):
-        response = _route(request)
+def _body_refusal(request: Request) -> Response | None:
+    """413 for a body webui would have to read: chunked, or over MAX_BODY. The
+    answer closes the connection, so the server never reads the rest."""
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        declared = "a chunked body"
     else:
-        response = _json(
-            405,
-            {"error": f"method {request.method} not allowed; webui is read-only (GET)"},
-            Allow="GET, HEAD, OPTIONS",
-        )
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) <= MAX_BODY:
+            return None  # a small body is ignored (a bad Content-Length never gets here)
+        declared = f"a body of {length[:20]} bytes"
+    return _error(413, f"webui is read-only and takes no request body, got {declared}",
+                  Connection="close")
+
+
+async def _answer(request: Request) -> Response:
+    refusal = _body_refusal(request)
+    if refusal is not None:
+        return refusal
+    if request.method == "OPTIONS":  # CORS preflight
+        return Response(status_code=204, headers={
+            "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "3600",
+        })
+    if request.method not in ("GET", "HEAD"):
+        return _error(405, f"method {request.method} not allowed; webui is read-only (GET)",
+                      Allow="GET, HEAD, OPTIONS", Connection="close")
+    return await _route(request)
+
+
+@functions_framework.aio.http
+async def webui(request: Request) -> Response:
+    try:
+        response = await _answer(request)
+    except Exception:  # a bug: still JSON with CORS, so the page can say what broke
+        logging.exception("webui: %s %s failed", request.method, request.scope["path"])
+        response = _error(500, "webui failed on this request; see its log")
     # On every answer, errors included, so a page on another origin can read them.
     response.headers["Access-Control-Allow-Origin"] = "*"
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -30,11 +30,12 @@ def _coin(n: int) -> str:
 def client(function_client, redis_server):
     # Nothing listens on the function URLs: /health must report them down, quickly.
     dead = f"http://127.0.0.1:{free_port()}"
-    return function_client(
+    with function_client(  # entered: one event loop for all requests, as in the server
         "webui",
         REDIS_URL=redis_server.url, RNG_URL=dead, HASHER_URL=dead, WORKER_URL=dead,
         WEBUI_HEALTH_TTL="0",
-    )
+    ) as running:
+        yield running
 
 
 @pytest.fixture
@@ -52,8 +53,8 @@ def test_json_matches_redis(client, redis_server):
     response = client.get("/json")
     after = time.time()
     assert response.status_code == 200
-    assert response.mimetype == "application/json"
-    body = response.get_json()
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
     assert set(body) == {"coins", "hashes", "now"}
     assert body["coins"] == r.hlen("wallet") == 3
     assert body["hashes"] == int(r.get("hashes")) == 12350
@@ -63,15 +64,15 @@ def test_json_matches_redis(client, redis_server):
 
 
 def test_json_before_any_hash(client):
-    body = client.get("/json").get_json()
+    body = client.get("/json").json()
     # DockerCoins sent null here; 0 subtracts the same in its page and types cleanly.
     assert body["coins"] == 0 and body["hashes"] == 0
 
 
 def test_json_now_advances(client):
-    first = client.get("/json").get_json()["now"]
+    first = client.get("/json").json()["now"]
     time.sleep(0.05)
-    second = client.get("/json").get_json()["now"]
+    second = client.get("/json").json()["now"]
     assert 0.04 < second - first < 1
 
 
@@ -80,19 +81,19 @@ def test_recent_coins_newest_first(client, redis_server, add_coin):
     for n in range(1, 6):
         add_coin(r, _coin(n), 1_700_000_000.0 + n)
     r.lpush("coins:recent", "not json", json.dumps({"digest": 5}))  # junk must not break it
-    body = client.get("/coins?limit=4").get_json()
+    body = client.get("/coins?limit=4").json()
     assert body["total"] == 5
     # The 4 newest entries hold 2 junk ones: they are skipped, the rest keep their order.
     assert [c["digest"] for c in body["coins"]] == [_coin(5), _coin(4)]
     assert body["coins"][0]["time"] == 1_700_000_005.0
-    assert len(client.get("/coins").get_json()["coins"]) == 5
+    assert len(client.get("/coins").json()["coins"]) == 5
 
 
 @pytest.mark.parametrize("limit", ["0", "101", "-1", "abc", "1e3", "", "٣"])
 def test_recent_coins_bad_limit(client, limit):
     response = client.get(f"/coins?limit={limit}")
     assert response.status_code == 400
-    assert "limit must be an integer from 1 to 100" in response.get_json()["error"]
+    assert "limit must be an integer from 1 to 100" in response.json()["error"]
 
 
 @pytest.mark.parametrize("path", ["/json", "/coins"])
@@ -101,8 +102,8 @@ def test_redis_down_is_503_json(down_client, path):
     response = down_client.get(path)
     assert time.monotonic() - started < 5
     assert response.status_code == 503
-    assert response.mimetype == "application/json"
-    error = response.get_json()["error"]
+    assert response.headers["Content-Type"] == "application/json"
+    error = response.json()["error"]
     assert error.startswith("Redis unreachable at 127.0.0.1:")
     assert "Traceback" not in error
     assert response.headers["Access-Control-Allow-Origin"] == "*"
@@ -113,18 +114,18 @@ def test_redis_password_not_in_errors(function_client):
     client = function_client("webui", REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
     response = client.get("/json")
     assert response.status_code == 503
-    assert "s3cret-pw" not in response.get_data(as_text=True)
+    assert "s3cret-pw" not in response.text
 
 
 def test_recovers_after_redis_restart(client, redis_server):
     redis_server.client().incrby("hashes", 7)
-    assert client.get("/json").get_json()["hashes"] == 7  # a pooled connection now exists
+    assert client.get("/json").json()["hashes"] == 7  # a pooled connection now exists
     redis_server.stop()
     assert client.get("/json").status_code == 503
     redis_server.start()  # AOF: the counter survives
     response = client.get("/json")
-    assert response.status_code == 200, response.get_json()
-    assert response.get_json()["hashes"] == 7
+    assert response.status_code == 200, response.json()
+    assert response.json()["hashes"] == 7
 
 
 def test_stale_connection_after_restart_is_replaced(client, redis_server):
@@ -153,9 +154,9 @@ def test_cors_preflight(client):
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
 def test_read_only(client, redis_server, method):
-    response = client.open("/json", method=method, data=b"{}")
+    response = client.request(method, "/json", content=b"{}")
     assert response.status_code == 405
-    assert "read-only" in response.get_json()["error"]
+    assert "read-only" in response.json()["error"]
     assert "GET" in response.headers["Allow"]
     assert redis_server.client().keys("*") == []
 
@@ -179,7 +180,7 @@ def test_static_files(client, path, content_type):
     assert response.headers["Content-Type"] == content_type
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     name = "index.html" if path == "/" else path.lstrip("/")
-    assert response.get_data() == (WEBUI / name).read_bytes()
+    assert response.content == (WEBUI / name).read_bytes()
 
 
 def test_page_has_csp_and_revalidates(client):
@@ -191,7 +192,15 @@ def test_page_has_csp_and_revalidates(client):
 
 def test_head(client):
     response = client.head("/json")
-    assert response.status_code == 200 and response.get_data() == b""
+    assert response.status_code == 200 and response.content == b""
+
+
+def test_etag_lists_and_wildcard(client):
+    etag = client.get("/app.js").headers["ETag"]
+    for header in (f'"other", {etag}', f"W/{etag}", "*"):
+        assert client.get("/app.js", headers={"If-None-Match": header}).status_code == 304
+    stale = client.get("/app.js", headers={"If-None-Match": '"other"'})
+    assert stale.status_code == 200 and stale.content == (WEBUI / "app.js").read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -218,10 +227,10 @@ def test_head(client):
 def test_unknown_and_traversal_paths_404(client, path):
     response = client.get(path)
     assert response.status_code == 404, path
-    assert response.mimetype == "application/json"
-    assert "no such path" in response.get_json()["error"]
-    assert b"[build-system]" not in response.get_data()
-    assert b"functions_framework" not in response.get_data()
+    assert response.headers["Content-Type"] == "application/json"
+    assert "no such path" in response.json()["error"]
+    assert b"[build-system]" not in response.content
+    assert b"functions_framework" not in response.content
 
 
 def test_raw_traversal_over_a_socket(stack):
@@ -238,10 +247,36 @@ def test_raw_traversal_over_a_socket(stack):
         assert b"[build-system]" not in answer and b"root:" not in answer
 
 
-class _Hello(BaseHTTPRequestHandler):
+class _Neighbour(BaseHTTPRequestHandler):
+    """Stand-in for a function that answers in odd or hostile ways, one per path:
+    the probe GETs the path of the URL it is given."""
+
+    protocol_version = "HTTP/1.1"
+    hits: list[str]
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        body = b"RNG running on testhost\n"
-        self.send_response(200)
+        self.hits.append(self.path)
+        if self.path == "/banner/":
+            self._answer(200, b"RNG running on testhost\nsecond line\n")
+        elif self.path == "/long/":
+            self._answer(200, b"A" * 10_000 + b"\x07\n")
+        elif self.path == "/error/":
+            self._answer(503, b"internal details of another service")
+        elif self.path == "/redirect/":
+            self.send_response(302)
+            self.send_header("Location", "/secret/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/chunked/":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"17\r\nWORKER running on host\n\r\n0\r\n\r\n")
+        else:  # /secret/: another service's page, which must never be fetched
+            self._answer(200, b"SECRET page of another service\n")
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -251,9 +286,11 @@ class _Hello(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hello_server() -> Iterator[str]:
-    with serve(_Hello) as url:
-        yield url
+def neighbour() -> Iterator[tuple[str, list[str]]]:
+    """(URL, paths requested) of a fresh _Neighbour server."""
+    hits: list[str] = []
+    with serve(type("Neighbour", (_Neighbour,), {"hits": hits})) as url:
+        yield url, hits
 
 
 @pytest.fixture
@@ -265,35 +302,216 @@ def silent_port() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-def test_health_up_down_and_hung(function_client, redis_server, hello_server, silent_port):
+def test_health_up_down_and_hung(function_client, redis_server, neighbour, silent_port):
+    url, _ = neighbour
     client = function_client(
         "webui",
         REDIS_URL=redis_server.url,
-        RNG_URL=hello_server,
+        RNG_URL=url + "/banner",
         HASHER_URL=f"http://127.0.0.1:{free_port()}",  # refused
         WORKER_URL=f"http://127.0.0.1:{silent_port}",  # hangs
         WEBUI_PROBE_TIMEOUT="0.5",
         WEBUI_HEALTH_TTL="0",
     )
     started = time.monotonic()
-    body = client.get("/health").get_json()
+    body = client.get("/health").json()
     elapsed = time.monotonic() - started
     assert elapsed < 1.5, "probes must run concurrently and time out"
     assert body["redis"]["up"] is True
     rng, hasher, worker = (body["functions"][n] for n in ("rng", "hasher", "worker"))
     assert rng["up"] is True and rng["detail"] == "RNG running on testhost"
-    assert hasher["up"] is False and "refused" in hasher["detail"].lower()
-    assert worker["up"] is False and "timed out" in worker["detail"].lower()
+    assert hasher["up"] is False and hasher["detail"] == "refused"
+    assert worker["up"] is False and worker["detail"] == "timed out"
+    assert 400 <= worker["ms"] < 1500
     # /json never waits on the functions.
     started = time.monotonic()
     assert client.get("/json").status_code == 200
     assert time.monotonic() - started < 0.5
 
 
+def test_health_publishes_no_url_and_no_neighbour_content(function_client, redis_server,
+                                                           neighbour):
+    url, hits = neighbour
+    client = function_client(
+        "webui", REDIS_URL=redis_server.url, WEBUI_HEALTH_TTL="0",
+        RNG_URL=url + "/redirect", HASHER_URL=url + "/error", WORKER_URL=url + "/long",
+    )
+    response = client.get("/health")
+    body = response.json()
+    rng, hasher, worker = (body["functions"][n] for n in ("rng", "hasher", "worker"))
+    # A redirect is not followed: the page it points to is neither fetched nor shown.
+    assert rng == {"up": False, "ms": rng["ms"], "detail": "HTTP 302"}
+    assert "/secret/" not in hits and "SECRET" not in response.text
+    # An error answer's body is not published.
+    assert hasher == {"up": False, "ms": hasher["ms"], "detail": "HTTP 503"}
+    assert "internal details" not in response.text
+    # A banner is cut to one short printable line.
+    assert worker["up"] is True and worker["detail"] == "A" * 80
+    # Not the functions' URLs, not even their host or port.
+    port = url.rsplit(":", 1)[1]
+    assert "127.0.0.1" not in response.text and port not in response.text
+    assert set(body) == {"redis", "functions", "checked"}
+    assert set(body["redis"]) == {"up", "ms", "detail"}
+
+
+def test_health_reads_a_chunked_banner(function_client, redis_server, neighbour):
+    url, _ = neighbour
+    client = function_client("webui", REDIS_URL=redis_server.url, WORKER_URL=url + "/chunked")
+    worker = client.get("/health").json()["functions"]["worker"]
+    assert worker["up"] is True and worker["detail"] == "WORKER running on host"
+
+
 def test_health_with_redis_down(down_client):
-    body = down_client.get("/health").get_json()
+    body = down_client.get("/health").json()
     assert body["redis"]["up"] is False
-    assert "unreachable" in body["redis"]["detail"]
+    assert body["redis"]["detail"] == "unreachable"
+
+
+# ---- Redis holding what the worker never writes ----
+
+
+@pytest.mark.parametrize(
+    "raw", ["abc", "1.5", "", " 12", "1e3", "0x10", "99999999999999999999", "٣", "12\n"]
+)
+def test_hashes_not_an_integer_is_503_naming_it(client, redis_server, raw):
+    redis_server.client().set("hashes", raw)
+    response = client.get("/json")
+    assert response.status_code == 503
+    assert response.json() == {"error": f"Redis key 'hashes' holds {raw!r}, not an integer"}
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_hashes_shown_short_and_as_text(client, redis_server):
+    redis_server.client().set("hashes", b"\xff" * 10_000)
+    response = client.get("/json")
+    assert response.status_code == 503
+    assert response.json()["error"].startswith("Redis key 'hashes' holds '\ufffd")
+    assert len(response.content) < 300
+
+
+def test_hashes_at_the_counter_limits(client, redis_server):
+    r = redis_server.client()
+    for value in (2**63 - 1, -(2**63)):
+        r.set("hashes", value)
+        assert client.get("/json").json()["hashes"] == value
+
+
+@pytest.mark.parametrize(
+    "key, write, path, kind, expected",
+    [
+        ("wallet", lambda r: r.set("wallet", "x"), "/json", "string", "hash"),
+        ("hashes", lambda r: r.rpush("hashes", "1"), "/json", "list", "string"),
+        ("coins:recent", lambda r: r.hset("coins:recent", "a", "b"), "/coins", "hash", "list"),
+        ("wallet", lambda r: r.sadd("wallet", "x"), "/coins", "set", "hash"),
+    ],
+)
+def test_key_of_the_wrong_type_is_503_naming_it(client, redis_server, key, write, path, kind,
+                                                 expected):
+    write(redis_server.client())
+    response = client.get(path)
+    assert response.status_code == 503
+    assert response.json() == {"error": f"Redis key {key!r} holds a {kind}, not a {expected}"}
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_recent_coins_skip_malformed_and_non_finite(client, redis_server, add_coin):
+    r = redis_server.client()
+    add_coin(r, _coin(1), 1_700_000_001.0)
+    bad = [
+        f'{{"digest": "{_coin(2)}", "time": {when}}}'
+        for when in ("NaN", "Infinity", "-Infinity", "1e999", "-1e999", "10" * 200,
+                     '"1700000000"', "true", "null", "[1]")
+    ]
+    bad += [
+        json.dumps({"digest": _coin(2)}),
+        json.dumps({"digest": DIGEST.upper(), "time": 1.0}),
+        json.dumps({"digest": _coin(2)[:63], "time": 1.0}),
+        json.dumps({"digest": "g" * 64, "time": 1.0}),
+        "[" * 100_000,
+        b"\xff\xfe\x00",
+        "[1, 2]",
+        '"text"',
+        "42",
+    ]
+    r.lpush("coins:recent", *bad)
+    add_coin(r, _coin(3), 1_700_000_003.0)
+    response = client.get("/coins?limit=100")
+    assert response.status_code == 200
+    body = _strict_json(response.text)
+    assert body["coins"] == [
+        {"digest": _coin(3), "time": 1_700_000_003.0},
+        {"digest": _coin(1), "time": 1_700_000_001.0},
+    ]
+
+
+def test_every_answer_of_ours_is_json(client, redis_server):
+    """Whatever the request and whatever Redis holds: JSON (or no body), CORS, no 500."""
+    r = redis_server.client()
+    r.set("hashes", "abc")
+    r.hset("coins:recent", "a", "b")
+    paths = ["/json", "/json?x=%zz", "/coins", "/coins?limit=%ff", "/coins?limit=1&limit=x",
+             "/health", "/nope", "/%ff", "/" + "a" * 5000]
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
+        for path in paths:
+            response = client.request(method, path)
+            where = (method, path[:40], response.status_code)
+            assert response.status_code < 500 or response.status_code == 503, where
+            assert response.headers["Access-Control-Allow-Origin"] == "*", where
+            if response.content:
+                assert response.headers["Content-Type"] == "application/json", where
+                assert isinstance(_strict_json(response.text), dict), where
+
+
+# ---- request bodies: webui reads none ----
+
+
+def test_small_body_on_get_is_ignored(client):
+    assert client.request("GET", "/json", content=b"{}").status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "OPTIONS"])
+def test_large_body_is_413_and_closes(client, method):
+    response = client.request(method, "/json", content=b"x" * 2000)
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": "webui is read-only and takes no request body, got a body of 2000 bytes"
+    }
+    assert response.headers["Connection"] == "close"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_chunked_body_is_413(client):
+    response = client.request("GET", "/json", content=iter([b"a", b"b"]))
+    assert response.status_code == 413
+    assert "chunked" in response.json()["error"]
+    assert response.headers["Connection"] == "close"
+
+
+# ---- settings ----
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("WEBUI_PROBE_TIMEOUT", "x",
+         "WEBUI_PROBE_TIMEOUT must be a number from 0.01 to 60, got 'x'"),
+        ("WEBUI_PROBE_TIMEOUT", "0", "WEBUI_PROBE_TIMEOUT must be a number from 0.01 to 60"),
+        ("WEBUI_HEALTH_TTL", "nan", "WEBUI_HEALTH_TTL must be a number from 0 to 3600, got 'nan'"),
+        ("RNG_URL", "ftp://x", "RNG_URL must be an http:// or https:// URL, got 'ftp://x'"),
+        ("WORKER_URL", "http://", "WORKER_URL must be an http:// or https:// URL"),
+        ("HASHER_URL", "http://h:99999", "HASHER_URL must be an http:// or https:// URL"),
+        ("REDIS_URL", "http://h", "REDIS_URL must be a redis://, rediss:// or unix:// URL"),
+    ],
+)
+def test_bad_settings_name_the_variable(function_client, name, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        function_client("webui", **{name: value})
 
 
 def test_folder_deploys_alone():
@@ -303,8 +521,8 @@ def test_folder_deploys_alone():
         for line in (WEBUI / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert requirements == {"functions_framework", "redis"}
-    allowed = requirements | {"flask"}  # flask comes with functions-framework
+    assert requirements == {"functions_framework", "redis", "httptools", "uvloop"}
+    allowed = requirements | {"starlette"}  # starlette comes with functions-framework
     tree = ast.parse((WEBUI / "main.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
