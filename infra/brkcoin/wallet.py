@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import TypedDict
 
 import redis
 
 
-def read(client: redis.Redis) -> dict:
+class Reading(TypedDict):
+    hashes: int
+    coins: int
+    now: float
+
+
+def read(client: redis.Redis) -> Reading:
     """{"hashes", "coins", "now"}, like the web UI's /json."""
     with client.pipeline(transaction=False) as pipe:
-        hashes, coins = pipe.get("hashes").hlen("wallet").execute()
+        pipe.get("hashes")
+        pipe.hlen("wallet")
+        hashes, coins = pipe.execute()
     return {"hashes": int(hashes or 0), "coins": int(coins), "now": time.time()}
 
 

@@ -1,56 +1,54 @@
 """`brkcoin deploy gcp`: the plan, command by command; its printed form run by bash
-against a stand-in `gcloud` that records its argv (no cloud here), so the copy-paste
-script is shown to pass every argument through intact; and every flag checked
-against the installed gcloud's own --help when gcloud is there."""
+against a stand-in `gcloud` that records its argv (fake_gcloud.py: no cloud here), so
+the copy-paste script is shown to pass every argument through intact; and every flag
+checked against the installed gcloud's own --help when gcloud is there. Hostile
+values in every option: test_gcp_injection.py."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fake_gcloud import FakeGcloud, expected_calls
 
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import gcp
 
 ARGS = ["--project", "demo", "--region", "europe-west1"]
 SA = "{}@demo.iam.gserviceaccount.com"
-FAKE_GCLOUD = """#!{python}
-# Stand-in for gcloud: records argv; `describe` succeeds only when EXISTS=1,
-# except the describes that read a value, which print one.
-import json, os, sys
-args = sys.argv[1:]
-with open(os.environ["GCLOUD_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\\n")
-if args[:2] == ["auth", "list"]:
-    print("me@example.com")
-elif "--format=value(host)" in args:
-    print("10.0.0.3")
-elif "--format=value(status.url)" in args:
-    print("https://" + args[3] + "-abc123-ew.a.run.app")
-elif "describe" in args:
-    sys.exit(0 if os.environ.get("EXISTS") == "1" else 1)
-"""
+
+
+class Shown(dict[str, str]):
+    """Variables shown as the script writes them: ${NAME}."""
+
+    def __missing__(self, name: str) -> str:
+        return f"${{{name}}}"
+
+
+def shown(command: gcp.Command) -> list[str]:
+    return gcp.argv(command, Shown())
 
 
 def plan(*extra: str) -> list[gcp.Step]:
-    parser = __import__("argparse").ArgumentParser()
+    parser = argparse.ArgumentParser()
     gcp.add_deploy_arguments(parser)
     args = parser.parse_args([*ARGS, *extra])
     gcp.validate(args)
     return gcp.deploy_plan(args)
 
 
-def flags(words) -> dict[str, str]:
+def flags(command: gcp.Command) -> dict[str, str]:
     out = {}
-    for word in words:
+    for word in shown(command):
         if word.startswith("--"):
             key, _, value = word.partition("=")
             out[key] = value
@@ -71,7 +69,7 @@ def test_apis_network_and_redis_come_first() -> None:
     [redis] = find(steps, "gcloud", "redis", "instances", "create")
     assert flags(redis.command)["--network"] == "projects/demo/global/networks/brkcoin"
     assert redis.check[:4] == ("gcloud", "redis", "instances", "describe")
-    [host] = [s for s in steps if s.capture == "REDIS_HOST"]
+    [host] = [s for s in steps if s.capture == gcp.REDIS_HOST]
     assert steps.index(host) > steps.index(redis)
 
 
@@ -135,12 +133,18 @@ def test_the_scheduler_calls_the_worker_with_oidc() -> None:
 
 
 def test_variables_are_set_before_use() -> None:
-    known: set[str] = set()
-    for step in plan():
-        words = " ".join(step.command + step.if_exists)
-        assert set(gcp.VARIABLE.findall(words)) <= known, words
+    known: set[gcp.Var] = set()
+    used: set[gcp.Var] = set()
+    for step in plan("--backend-access", "network") + plan():
+        parts = [p for w in step.check + step.command + step.if_exists
+                 for p in (w if isinstance(w, tuple) else (w,))]
+        variables = {p for p in parts if isinstance(p, gcp.Var)}
+        assert variables <= known, step
+        assert not any("$" in p for p in parts if isinstance(p, str)), step  # text is text
+        used |= variables
         if step.capture:
             known.add(step.capture)
+    assert {v.name for v in used} == {"REDIS_HOST", "RNG_URL", "HASHER_URL", "WORKER_URL"}
 
 
 def test_network_private_backends() -> None:
@@ -163,54 +167,25 @@ def test_existing_network_is_used_not_created() -> None:
     assert (worker["--network"], worker["--subnet"]) == ("shared", "shared-ew1")
 
 
-def _fake_gcloud(tmp_path: Path) -> tuple[Path, Path]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "gcloud"
-    fake.write_text(FAKE_GCLOUD.format(python=sys.executable))
-    fake.chmod(0o755)
-    return bin_dir, tmp_path / "gcloud.log"
-
-
-def _expected(steps: list[gcp.Step], exists: bool) -> list[list[str]]:
-    """The gcloud argv the plan must produce, values substituted as the fake prints them."""
-    values = {"REDIS_HOST": "10.0.0.3"}
-    calls = []
-    for step in steps:
-        if step.check:
-            calls.append(list(step.check))
-            if exists and not step.if_exists:
-                continue
-        command = step.if_exists if (exists and step.if_exists) else step.command
-        if step.capture:
-            name = command[4] if command[3] == "describe" else ""
-            if step.capture.endswith("_URL"):
-                values[step.capture] = f"https://{name}-abc123-ew.a.run.app"
-        calls.append([gcp.VARIABLE.sub(lambda m: values[m.group(1)], w) for w in command])
-    return [c[1:] for c in calls]
-
-
 @pytest.mark.parametrize("exists", [False, True], ids=["fresh", "again"])
 def test_dry_run_output_runs_in_bash_as_planned(tmp_path: Path, capsys, exists: bool) -> None:
     assert brkcoin(["deploy", "gcp", "--dry-run", *ARGS]) == 0
-    script = capsys.readouterr().out
-    bin_dir, log = _fake_gcloud(tmp_path)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "GCLOUD_LOG": str(log),
-           "EXISTS": "1" if exists else "0"}
-    subprocess.run(["bash", "-e", "-c", script], env=env, check=True, timeout=60)
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert calls == _expected(plan(), exists)
+    calls = FakeGcloud.install(tmp_path).run_script(capsys.readouterr().out, exists)
+    assert calls == expected_calls(plan(), exists)
+    worker = [c for c in calls if c[:3] == ["run", "deploy", "worker"]][0]
+    assert ("--set-env-vars=REDIS_URL=redis://10.0.0.3:6379/0,"
+            "RNG_URL=https://rng-abc123-ew.a.run.app,"
+            "HASHER_URL=https://hasher-abc123-ew.a.run.app,") in " ".join(worker)
 
 
 def test_deploy_runs_the_same_plan_without_a_shell(tmp_path: Path, monkeypatch) -> None:
-    bin_dir, log = _fake_gcloud(tmp_path)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("GCLOUD_LOG", str(log))
-    monkeypatch.setenv("EXISTS", "0")
+    fake = FakeGcloud.install(tmp_path)
+    for name, value in fake.env().items():
+        monkeypatch.setenv(name, value)
     assert brkcoin(["deploy", "gcp", *ARGS]) == 0
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    calls = fake.calls()
     assert calls[0][:2] == ["auth", "list"]
-    assert calls[1:] == _expected(plan(), exists=False)
+    assert calls[1:] == expected_calls(plan(), exists=False)
 
 
 def test_without_gcloud_a_clear_message(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -246,14 +221,14 @@ def test_destroy_plan_removes_what_deploy_made(capsys) -> None:
 VERBS = ("create", "deploy", "describe", "enable", "update", "add-iam-policy-binding", "delete")
 
 
-def _command_path(words: tuple[str, ...]) -> tuple[str, ...]:
+def _command_path(words: Sequence[str]) -> tuple[str, ...]:
     """`run services describe rng --region=x` -> ("run", "services", "describe")."""
     path = []
     for word in words:
         path.append(word)
         if word in VERBS:
             break
-    if path[-1] in ("create", "update") and words[len(path):len(path) + 1] == ("http",):
+    if path[-1] in ("create", "update") and words[len(path):len(path) + 1] == ["http"]:
         path.append("http")  # scheduler jobs create http
     return tuple(path)
 
@@ -270,7 +245,7 @@ def _help_flags(path: tuple[str, ...]) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud not installed")
 def test_every_flag_is_known_to_the_installed_gcloud(tmp_path: Path) -> None:
-    parser = __import__("argparse").ArgumentParser()
+    parser = argparse.ArgumentParser()
     gcp.add_destroy_arguments(parser)
     steps = (plan() + plan("--backend-access", "network")
              + gcp.destroy_plan(parser.parse_args(ARGS)))
@@ -278,7 +253,7 @@ def test_every_flag_is_known_to_the_installed_gcloud(tmp_path: Path) -> None:
     for step in steps:
         for command in (step.command, step.check, step.if_exists):
             if command:
-                path = _command_path(command[1:])
+                path = _command_path(shown(command)[1:])
                 by_path.setdefault(path, set()).update(flags(command))
     with ThreadPoolExecutor(4) as pool:
         known = dict(zip(by_path, pool.map(_help_flags, by_path), strict=True))

@@ -15,16 +15,24 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
-import localstack_client.session
+import localstack_client.session  # type: ignore[import-untyped]
 
 from brkcoin.deploy import aws_package
 from brkcoin.deploy.common import DeployError
 from brkcoin.layout import FUNCTIONS
+
+if TYPE_CHECKING:  # boto3-stubs: types only
+    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_lambda.literals import RuntimeType
+    from mypy_boto3_lambda.type_defs import EnvironmentTypeDef
 
 DEFAULT_ENDPOINT = "http://localhost:4566"
 # What AWS's managed AWSLambdaBasicExecutionRole grants, as an inline policy: an
@@ -41,7 +49,30 @@ TRUST_POLICY = {
                    "Action": "sts:AssumeRole"}],
 }
 TAGS = {"app": "brkcoin", "managed-by": "brkcoin deploy aws"}
-Clients = Callable[[str], Any]
+UrlAuth = Literal["AWS_IAM", "NONE"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The three AWS APIs a deploy talks to."""
+
+    lam: LambdaClient
+    iam: IAMClient
+    events: EventBridgeClient
+
+
+class FunctionSettings(TypedDict):
+    """What CreateFunction and UpdateFunctionConfiguration both take."""
+
+    Role: str
+    Handler: str
+    Runtime: RuntimeType
+    Timeout: int
+    MemorySize: int
+    Environment: EnvironmentTypeDef
+    Layers: list[str]
+    Description: str
 
 
 @dataclass(frozen=True)
@@ -49,7 +80,7 @@ class LambdaSpec:
     """One Lambda function made from one function folder."""
 
     name: str  # the folder / Functions Framework target
-    auth: str  # function URL auth type
+    auth: UrlAuth  # function URL auth type
     timeout: int  # seconds
     memory: int = 256  # MB
     event_target: str = ""  # CloudEvent target for non-HTTP events
@@ -120,21 +151,23 @@ def _check_reachable(url: str) -> tuple[str, int]:
 
 
 def connect(args: argparse.Namespace) -> Clients:
-    """A factory of boto3 clients for the chosen target, checked to answer."""
+    """boto3 clients for the chosen target, checked to answer."""
     if args.real_aws:
         if args.endpoint_url and args.endpoint_url != os.environ.get("AWS_ENDPOINT_URL", ""):
             raise DeployError("--real-aws and --endpoint-url exclude each other")
         session = boto3.session.Session(region_name=args.region)
-        return session.client
+        return Clients(session.client("lambda"), session.client("iam"), session.client("events"))
     url = args.endpoint_url or DEFAULT_ENDPOINT
     host, port = _check_reachable(url)
     if urlsplit(url).scheme == "https":  # localstack-client speaks https only through $USE_SSL
         session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
                                         region_name=args.region)
-        return lambda service: session.client(service, endpoint_url=url)
+        return Clients(session.client("lambda", endpoint_url=url),
+                       session.client("iam", endpoint_url=url),
+                       session.client("events", endpoint_url=url))
     local = localstack_client.session.Session(region_name=args.region,
                                               localstack_host=f"{host}:{port}")
-    return local.client
+    return Clients(local.client("lambda"), local.client("iam"), local.client("events"))
 
 
 def _error_code(error: botocore.exceptions.ClientError) -> str:
@@ -149,7 +182,7 @@ def _missing(error: botocore.exceptions.ClientError) -> bool:
 # --- the pieces -------------------------------------------------------------------
 
 
-def ensure_role(iam: Any, name: str) -> str:
+def ensure_role(iam: IAMClient, name: str) -> str:
     """The functions' execution role (CloudWatch Logs only), created once."""
     try:
         arn = iam.get_role(RoleName=name)["Role"]["Arn"]
@@ -178,23 +211,24 @@ def function_env(spec: LambdaSpec, settings: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _with_role_retry(call: Callable[[], Any]) -> Any:
+def _with_role_retry(call: Callable[[], T]) -> T:
     """A new IAM role takes a few seconds before Lambda may assume it."""
-    for attempt in range(8):
+    for attempt in range(7):
         try:
             return call()
         except botocore.exceptions.ClientError as e:
             assumable = "cannot be assumed" not in str(e)
-            if _error_code(e) != "InvalidParameterValueException" or assumable or attempt == 7:
+            if _error_code(e) != "InvalidParameterValueException" or assumable:
                 raise
-            time.sleep(2 + attempt * 2)
+        time.sleep(2 + attempt * 2)
+    return call()  # the eighth and last try
 
 
-def ensure_function(lam: Any, spec: LambdaSpec, prefix: str, role: str, code: bytes,
+def ensure_function(lam: LambdaClient, spec: LambdaSpec, prefix: str, role: str, code: bytes,
                     env: dict[str, str], layers: list[str]) -> str:
     """Create the function, or update its code then its settings; returns its ARN."""
     name = f"{prefix}-{spec.name}"
-    settings = dict(
+    settings = FunctionSettings(
         Role=role, Handler=aws_package.HANDLER, Runtime=aws_package.RUNTIME,
         Timeout=spec.timeout, MemorySize=spec.memory, Environment={"Variables": env},
         Layers=layers, Description=f"brkcoin {spec.name} (Functions Framework via apig-wsgi)",
@@ -215,7 +249,8 @@ def ensure_function(lam: Any, spec: LambdaSpec, prefix: str, role: str, code: by
     return arn
 
 
-def put_permission(lam: Any, function: str, statement_id: str, **permission: Any) -> None:
+def put_permission(lam: LambdaClient, function: str, statement_id: str,
+                   **permission: Any) -> None:
     """Add a resource-policy statement, replacing one of the same id (so settings update)."""
     try:
         lam.remove_permission(FunctionName=function, StatementId=statement_id)
@@ -225,26 +260,28 @@ def put_permission(lam: Any, function: str, statement_id: str, **permission: Any
     lam.add_permission(FunctionName=function, StatementId=statement_id, **permission)
 
 
-def ensure_url(lam: Any, function: str, auth: str) -> str:
+def ensure_url(lam: LambdaClient, function: str, auth: UrlAuth) -> str:
     """The function URL with the given auth type; a public one gets its two permissions."""
     try:
         config = lam.get_function_url_config(FunctionName=function)
+        url = config["FunctionUrl"]
         if config["AuthType"] != auth:
-            config = lam.update_function_url_config(FunctionName=function, AuthType=auth)
+            url = lam.update_function_url_config(FunctionName=function,
+                                                 AuthType=auth)["FunctionUrl"]
     except botocore.exceptions.ClientError as e:
         if not _missing(e):
             raise
-        config = lam.create_function_url_config(FunctionName=function, AuthType=auth)
+        url = lam.create_function_url_config(FunctionName=function, AuthType=auth)["FunctionUrl"]
     if auth == "NONE":
         # Public URLs need both actions granted to everyone (InvokeFunction only via the URL).
         put_permission(lam, function, "public-url", Action="lambda:InvokeFunctionUrl",
                        Principal="*", FunctionUrlAuthType="NONE")
         put_permission(lam, function, "public-url-invoke", Action="lambda:InvokeFunction",
                        Principal="*", InvokedViaFunctionUrl=True)
-    return config["FunctionUrl"].rstrip("/")
+    return url.rstrip("/")
 
 
-def allow_caller(lam: Any, function: str, role_arn: str) -> None:
+def allow_caller(lam: LambdaClient, function: str, role_arn: str) -> None:
     """Let the functions' role call an AWS_IAM function URL (signed by sigv4_proxy)."""
     put_permission(lam, function, "brkcoin-role-url", Action="lambda:InvokeFunctionUrl",
                    Principal=role_arn, FunctionUrlAuthType="AWS_IAM")
@@ -252,8 +289,8 @@ def allow_caller(lam: Any, function: str, role_arn: str) -> None:
                    Principal=role_arn, InvokedViaFunctionUrl=True)
 
 
-def ensure_schedule(events: Any, lam: Any, prefix: str, worker_arn: str, schedule: str,
-                    seconds: float) -> str:
+def ensure_schedule(events: EventBridgeClient, lam: LambdaClient, prefix: str, worker_arn: str,
+                    schedule: str, seconds: float) -> str:
     """The EventBridge rule invoking the worker with constant input {"seconds": S}."""
     rule = f"{prefix}-worker-tick"
     rule_arn = events.put_rule(
@@ -285,7 +322,7 @@ def _validate(args: argparse.Namespace) -> None:
               "dependencies on real AWS")
 
 
-def _dependencies(args: argparse.Namespace, name: str):
+def _dependencies(args: argparse.Namespace, name: str) -> Path | None:
     return None if args.no_vendor else aws_package.vendored(FUNCTIONS[name].folder)
 
 
@@ -296,7 +333,7 @@ def _timeout_for(spec: LambdaSpec, seconds: float) -> int:
 
 def deploy_all(clients: Clients, args: argparse.Namespace) -> dict[str, str]:
     """Make or update everything; returns the function URLs by name."""
-    lam, iam, events = clients("lambda"), clients("iam"), clients("events")
+    lam, iam, events = clients.lam, clients.iam, clients.events
     role = ensure_role(iam, f"{args.prefix}-lambda")
     settings = {"REDIS_URL": args.redis_url}
     urls: dict[str, str] = {}
@@ -323,7 +360,7 @@ def deploy_all(clients: Clients, args: argparse.Namespace) -> dict[str, str]:
 
 def destroy_all(clients: Clients, args: argparse.Namespace) -> list[str]:
     """Remove the rule, the functions (with their URLs and permissions) and the role."""
-    lam, iam, events = clients("lambda"), clients("iam"), clients("events")
+    lam, iam, events = clients.lam, clients.iam, clients.events
     removed: list[str] = []
     rule = f"{args.prefix}-worker-tick"
     try:
@@ -376,7 +413,7 @@ def _plan(args: argparse.Namespace, verb: str) -> int:
     return 0
 
 
-def _guard(action: Callable[[], Any]) -> Any:
+def _guard(action: Callable[[], T]) -> T:
     """AWS errors become one clear line instead of a traceback."""
     try:
         return action()

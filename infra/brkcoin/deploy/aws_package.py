@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Final
 
 from brkcoin.deploy.common import AWS_DIR, DeployError
 from brkcoin.layout import ROOT
@@ -23,7 +24,7 @@ ADAPTER = AWS_DIR / "brkcoin_lambda.py"
 SIGNER = AWS_DIR / "sigv4_proxy.py"  # botocore, which it needs, is in Lambda's runtime
 ADAPTER_REQUIREMENTS = AWS_DIR / "requirements.txt"
 HANDLER = "brkcoin_lambda.handler"
-RUNTIME = "python3.12"
+RUNTIME: Final = "python3.12"
 PLATFORM = "manylinux2014_x86_64"  # Lambda's x86_64 architecture
 CACHE = ROOT / ".brkcoin" / "aws" / "deps"
 SKIPPED = {"__pycache__", ".pytest_cache"}

@@ -10,12 +10,24 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from types import ModuleType
+from typing import Protocol
 
 from brkcoin.deploy import aws, compose, gcp, k8s
 from brkcoin.deploy.common import DeployError
 
-TARGETS: dict[str, tuple[ModuleType, str]] = {
+Runner = Callable[[argparse.Namespace], int]
+
+
+class Target(Protocol):
+    """What a target module provides."""
+
+    def add_deploy_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+    def add_destroy_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+    def deploy(self, args: argparse.Namespace) -> int: ...
+    def destroy(self, args: argparse.Namespace) -> int: ...
+
+
+TARGETS: dict[str, tuple[Target, str]] = {
     "compose": (compose, "Docker Compose on one engine, or a Swarm stack (--swarm)"),
     "k8s": (k8s, "Kubernetes: Knative Services + PingSource, or plain (--variant plain)"),
     "aws": (aws, "AWS Lambda with function URLs and an EventBridge schedule (LocalStack)"),
@@ -23,7 +35,7 @@ TARGETS: dict[str, tuple[ModuleType, str]] = {
 }
 
 
-def _guarded(verb: str, target: str, action: Callable[[argparse.Namespace], int]):
+def _guarded(verb: str, target: str, action: Runner) -> Runner:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(action(args) or 0)
@@ -37,7 +49,8 @@ def _guarded(verb: str, target: str, action: Callable[[argparse.Namespace], int]
     return run
 
 
-def _add_verb(sub: argparse._SubParsersAction, verb: str, description: str) -> None:
+def _add_verb(sub: argparse._SubParsersAction[argparse.ArgumentParser], verb: str,
+              description: str) -> None:
     parser = sub.add_parser(verb, help=description, description=description)
     targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
     for name, (module, summary) in TARGETS.items():
@@ -52,7 +65,7 @@ def _add_verb(sub: argparse._SubParsersAction, verb: str, description: str) -> N
             target.set_defaults(run=_guarded(verb, name, module.destroy))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `deploy` and `destroy` subcommands."""
     _add_verb(sub, "deploy", "deploy brkcoin's functions to a target")
     _add_verb(sub, "destroy", "remove what `brkcoin deploy TARGET` made")

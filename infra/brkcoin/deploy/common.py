@@ -40,6 +40,6 @@ def run(command: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None = N
         raise DeployError(f"`{shell_line(command)}` failed with exit code {result.returncode}")
 
 
-def capture(command: Sequence[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def capture(command: Sequence[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """Run a command quietly and return its result, whatever its exit code."""
     return subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, check=False)

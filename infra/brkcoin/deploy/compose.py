@@ -66,8 +66,12 @@ def destroy_commands(args: argparse.Namespace) -> list[list[str]]:
 
 
 def _env(args: argparse.Namespace) -> dict[str, str]:
-    """The variables compose.yaml interpolates for the image names."""
-    return {"REGISTRY": args.registry.rstrip("/") or "brkcoin", "TAG": args.tag}
+    """The variables compose.yaml interpolates: the image names and, in swarm, the
+    name the scheduler resolves to every worker replica (`worker` is one VIP there)."""
+    env = {"REGISTRY": args.registry.rstrip("/") or "brkcoin", "TAG": args.tag}
+    if args.swarm:
+        env["WORKER_HOST"] = "tasks.worker"
+    return env
 
 
 def _check_docker() -> None:

@@ -10,16 +10,27 @@ The deploy is a plan of gcloud commands. Each creation is guarded by a
 `describe`, so the plan can be run again; values only known once a resource
 exists (Redis host, service URLs) are shell variables captured from `describe`.
 `--dry-run` prints the plan as shell, runnable by copy-paste from the repo root.
+
+Quoting: an argument is literal text, a `Var` (a variable the plan itself
+captures), or both run together. In the printed script literal text is always
+single-quoted by shlex and a `Var` is written "${NAME}", so those variables are
+the only thing the shell expands, and their values are not parsed again.
+Whatever the user typed is literal text: it can never name a variable.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import shlex
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cronsim import CronSim, CronSimError
 
 from brkcoin.deploy.common import DeployError, require_tool
 from brkcoin.layout import FUNCTIONS, ROOT
@@ -29,42 +40,96 @@ GCLOUD_HINT = ("install the Google Cloud CLI (https://cloud.google.com/sdk/docs/
 APIS = ("run.googleapis.com", "cloudbuild.googleapis.com", "artifactregistry.googleapis.com",
         "compute.googleapis.com", "redis.googleapis.com", "cloudscheduler.googleapis.com")
 ROLES = ("rng", "hasher", "worker", "webui", "scheduler")  # one service account each
-VARIABLE = re.compile(r"\$\{([A-Z_]+)\}")
+# Compute Engine resource names (networks, subnets): RFC 1035 labels.
+RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+CRON_FIELD = r"[0-9A-Za-z*/,-]+"
+CRON = re.compile(rf"{CRON_FIELD}(?: +{CRON_FIELD}){{4}}")  # unix-cron: five fields
+
+
+@dataclass(frozen=True)
+class Var:
+    """A shell variable the plan sets itself from a captured step's output."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", self.name):
+            raise ValueError(f"not a plan variable name: {self.name!r}")
+
+
+Part = str | Var
+Word = Part | tuple[Part, ...]  # one argument: text, a variable, or several run together
+Command = tuple[Word, ...]
+
+REDIS_HOST = Var("REDIS_HOST")
+
+
+def url_of(service: str) -> Var:
+    """The variable holding a deployed service's URL, e.g. WORKER_URL."""
+    return Var(f"{service.upper()}_URL")
+
+
+def _parts(word: Word) -> tuple[Part, ...]:
+    return word if isinstance(word, tuple) else (word,)
+
+
+def join(*words: Word) -> Word:
+    """Several words run together into one argument (adjacent text merged)."""
+    parts: list[Part] = []
+    for part in (p for word in words for p in _parts(word)):
+        last = parts[-1] if parts else None
+        if isinstance(part, str) and isinstance(last, str):
+            parts[-1] = last + part
+        else:
+            parts.append(part)
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def shell_word(word: Word) -> str:
+    """One argument as POSIX shell: text single-quoted as needed, variables "${NAME}"."""
+    quoted = "".join(shlex.quote(p) if isinstance(p, str) else f'"${{{p.name}}}"'
+                     for p in _parts(word))
+    return quoted or "''"
+
+
+def argv(command: Sequence[Word], variables: Mapping[str, str]) -> list[str]:
+    """The command's arguments with each variable's value put in."""
+    def text(part: Part) -> str:
+        if isinstance(part, str):
+            return part
+        try:
+            return variables[part.name]
+        except KeyError:
+            raise DeployError(f"${{{part.name}}} is used before it is known") from None
+
+    return ["".join(text(p) for p in _parts(word)) for word in command]
+
+
+def _shell(command: Command) -> str:
+    return " ".join(shell_word(word) for word in command)
 
 
 @dataclass(frozen=True)
 class Step:
     """One gcloud command, optionally guarded by a `describe` check or captured."""
 
-    command: tuple[str, ...]
-    check: tuple[str, ...] = ()  # run first; its success decides as below
-    if_exists: tuple[str, ...] = ()  # run this instead of `command` when check succeeds
+    command: Command
+    check: Command = ()  # run first; its success decides as below
+    if_exists: Command = ()  # run this instead of `command` when check succeeds
     only_if_exists: bool = False  # run `command` only when check succeeds (deletions)
-    capture: str = ""  # set this shell variable from the command's output
+    capture: Var | None = None  # set this shell variable from the command's output
 
     def shell(self) -> str:
         """The step as one line of POSIX shell."""
-        command = _quote(self.command)
+        command = _shell(self.command)
         if self.capture:
-            return f"{self.capture}=$({command})"
+            return f"{self.capture.name}=$({command})"
         if not self.check:
             return command
-        check = f"{_quote(self.check)} >/dev/null 2>&1"
+        check = f"{_shell(self.check)} >/dev/null 2>&1"
         if self.if_exists:
-            return f"if {check}; then {_quote(self.if_exists)}; else {command}; fi"
+            return f"if {check}; then {_shell(self.if_exists)}; else {command}; fi"
         return f"{check} {'&&' if self.only_if_exists else '||'} {command}"
-
-
-def _quote(words: tuple[str, ...]) -> str:
-    """shlex quoting, except that ${VAR} references stay expandable (double quotes)."""
-    out = []
-    for word in words:
-        if VARIABLE.search(word):
-            escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
-            out.append(f'"{escaped}"')
-        else:
-            out.append(shlex.quote(word))
-    return " ".join(out)
 
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +161,26 @@ def add_destroy_arguments(parser: argparse.ArgumentParser) -> None:
     add_deploy_arguments(parser)
 
 
+def _is_range(value: str) -> bool:
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError:
+        return False
+    return str(network) == value and 8 <= network.prefixlen <= 29
+
+
+def _is_cron(value: str) -> bool:
+    if not CRON.fullmatch(value):
+        return False
+    try:
+        CronSim(value, datetime.now(UTC))
+    except CronSimError:
+        return False
+    return True
+
+
 def validate(args: argparse.Namespace) -> None:
+    """Refuse every value of a known shape that is not of it, before anything runs."""
     if not args.project:
         raise DeployError("--project is required (or set $GOOGLE_CLOUD_PROJECT)")
     if not re.fullmatch(r"[a-z][a-z0-9.:-]*[a-z0-9]", args.project):
@@ -109,8 +193,18 @@ def validate(args: argparse.Namespace) -> None:
         raise DeployError(f"--region {args.region!r} is not a region like europe-west1")
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,14}", args.prefix):
         raise DeployError("--prefix must be lowercase letters, digits and hyphens, at most 15")
+    for option, name in (("--network", args.network), ("--subnet", args.subnet)):
+        if name and not RESOURCE_NAME.fullmatch(name):
+            raise DeployError(f"{option} {name!r} is not a resource name (lowercase letters, "
+                              "digits and hyphens, at most 63)")
     if bool(args.network) != bool(args.subnet):
         raise DeployError("--network and --subnet go together (an existing subnet of it)")
+    if not _is_range(args.range):
+        raise DeployError(f"--range {args.range!r} is not an IPv4 range like 10.8.0.0/24 "
+                          "(/8 to /29, no host bits set)")
+    if not _is_cron(args.schedule):
+        raise DeployError(f"--schedule {args.schedule!r} is not a five-field cron schedule "
+                          "like '*/5 * * * *'")
     if not 0 < args.seconds <= 3000:
         raise DeployError("--seconds must be above 0 and at most 3000")
 
@@ -119,7 +213,7 @@ def account(args: argparse.Namespace, role: str) -> str:
     return f"{args.prefix}-{role}@{args.project}.iam.gserviceaccount.com"
 
 
-def _where(args: argparse.Namespace) -> tuple[str, ...]:
+def _where(args: argparse.Namespace) -> tuple[str, str]:
     return (f"--region={args.region}", f"--project={args.project}")
 
 
@@ -154,7 +248,7 @@ def _redis_steps(args: argparse.Namespace) -> list[Step]:
               "--redis-version=redis_7_2", "--connect-mode=direct-peering",
               f"--network=projects/{args.project}/global/networks/{network}", *_where(args)),
              check=describe),
-        Step((*describe, "--format=value(host)"), capture="REDIS_HOST"),
+        Step((*describe, "--format=value(host)"), capture=REDIS_HOST),
     ]
 
 
@@ -168,18 +262,25 @@ def _account_steps(args: argparse.Namespace) -> list[Step]:
     ]
 
 
-def _run_deploy(args: argparse.Namespace, name: str, env: dict[str, str], *, public: bool,
+def _env_vars(env: Mapping[str, Word]) -> Word:
+    """--set-env-vars=K=V,K=V as one argument (values may hold variables)."""
+    pieces: list[Word] = []
+    for key, value in env.items():
+        pieces += ["," if pieces else "", f"{key}=", value]
+    return join("--set-env-vars=", *pieces)
+
+
+def _run_deploy(args: argparse.Namespace, name: str, env: Mapping[str, Word], *, public: bool,
                 vpc: bool, concurrency: int, timeout: int, egress: str = "private-ranges-only",
                 internal: bool = False) -> list[Step]:
     folder = FUNCTIONS[name].folder.relative_to(ROOT).as_posix()
-    command = [
+    command: list[Word] = [
         "gcloud", "run", "deploy", name, f"--source={folder}", f"--function={name}",
         f"--base-image={args.base_image}", *_where(args),
         f"--service-account={account(args, name)}",
         "--allow-unauthenticated" if public else "--no-allow-unauthenticated",
         f"--concurrency={concurrency}", f"--timeout={timeout}", "--cpu=1", "--memory=512Mi",
-        "--max-instances=10", *(["--ingress=internal"] if internal else []),
-        "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in env.items()),
+        "--max-instances=10", *(["--ingress=internal"] if internal else []), _env_vars(env),
     ]
     if vpc:
         network, subnet = _names(args)
@@ -187,7 +288,7 @@ def _run_deploy(args: argparse.Namespace, name: str, env: dict[str, str], *, pub
         # backends, everything, so that calls to them count as internal).
         command += [f"--network={network}", f"--subnet={subnet}", f"--vpc-egress={egress}"]
     url = Step(("gcloud", "run", "services", "describe", name, *_where(args),
-                "--format=value(status.url)"), capture=f"{name.upper()}_URL")
+                "--format=value(status.url)"), capture=url_of(name))
     return [Step((*command, "--quiet")), url]
 
 
@@ -199,11 +300,12 @@ def _invoker(args: argparse.Namespace, service: str, role: str) -> Step:
 def _scheduler_steps(args: argparse.Namespace) -> list[Step]:
     job = f"{args.prefix}-worker-tick"
     where = (f"--location={args.region}", f"--project={args.project}")
-    common = (
-        f"--schedule={args.schedule}", "--time-zone=Etc/UTC", "--uri=${WORKER_URL}/",
+    worker = url_of("worker")
+    common: Command = (
+        f"--schedule={args.schedule}", "--time-zone=Etc/UTC", join("--uri=", worker, "/"),
         "--http-method=POST", f"--message-body={{\"seconds\": {args.seconds:g}}}",
         f"--oidc-service-account-email={account(args, 'scheduler')}",
-        "--oidc-token-audience=${WORKER_URL}",
+        join("--oidc-token-audience=", worker),
         f"--attempt-deadline={int(args.seconds) + 60}s", *where,
     )
     return [Step(
@@ -217,12 +319,15 @@ def _scheduler_steps(args: argparse.Namespace) -> list[Step]:
 
 def deploy_plan(args: argparse.Namespace) -> list[Step]:
     """Every step of `brkcoin deploy gcp`, in order."""
-    redis_url = "redis://${REDIS_HOST}:6379/0"
+    redis_url = join("redis://", REDIS_HOST, ":6379/0")
     worker_timeout = int(args.seconds) + 60
     # iam: rng and hasher refuse calls without an ID token of an invoker (the worker's
     # account). network: they take unauthenticated calls from inside the VPC only.
     by_network = args.backend_access == "network"
-    backend = dict(public=by_network, vpc=False, concurrency=80, timeout=30, internal=by_network)
+    backends = [step for name in ("rng", "hasher")
+                for step in _run_deploy(args, name, {"THREADS": "80"}, public=by_network,
+                                        vpc=False, concurrency=80, timeout=30,
+                                        internal=by_network)]
     id_tokens = {"UPSTREAM_AUTH": "google-id-token"}  # worker -> rng/hasher with ID tokens
     grants = [] if by_network else [_invoker(args, "rng", "worker"),
                                     _invoker(args, "hasher", "worker")]
@@ -231,11 +336,10 @@ def deploy_plan(args: argparse.Namespace) -> list[Step]:
         *_network_steps(args),
         *_redis_steps(args),
         *_account_steps(args),
-        *_run_deploy(args, "rng", {"THREADS": "80"}, **backend),
-        *_run_deploy(args, "hasher", {"THREADS": "80"}, **backend),
+        *backends,
         *grants,
-        *_run_deploy(args, "worker", {"REDIS_URL": redis_url, "RNG_URL": "${RNG_URL}",
-                                      "HASHER_URL": "${HASHER_URL}", "THREADS": "8",
+        *_run_deploy(args, "worker", {"REDIS_URL": redis_url, "RNG_URL": url_of("rng"),
+                                      "HASHER_URL": url_of("hasher"), "THREADS": "8",
                                       **({} if by_network else id_tokens)},
                      public=False, vpc=True, concurrency=4, timeout=worker_timeout,
                      egress="all-traffic" if by_network else "private-ranges-only"),
@@ -288,17 +392,9 @@ def script(steps: list[Step], verb: str) -> str:
     return "\n".join(lines + [step.shell() for step in steps]) + "\n"
 
 
-def _substitute(words: tuple[str, ...], variables: dict[str, str]) -> list[str]:
-    def value(match: re.Match) -> str:
-        if match.group(1) not in variables:
-            raise DeployError(f"${{{match.group(1)}}} is used before it is known")
-        return variables[match.group(1)]
-
-    return [VARIABLE.sub(value, word) for word in words]
-
-
-def _call(words: tuple[str, ...], variables: dict[str, str], quiet: bool = False):
-    command = _substitute(words, variables)
+def _call(words: Command, variables: Mapping[str, str],
+          quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    command = argv(words, variables)
     if not quiet:
         print(f"+ {shlex.join(command)}", flush=True)
     output = subprocess.PIPE if quiet else None
@@ -325,8 +421,9 @@ def execute(steps: list[Step]) -> None:
         if step.capture:
             result = _call(step.command, variables, quiet=True)
             if result.returncode != 0 or not result.stdout.strip():
-                raise DeployError(f"could not read {step.capture}: {result.stderr.strip()}")
-            variables[step.capture] = result.stdout.strip()
+                raise DeployError(f"could not read {step.capture.name}: "
+                                  f"{result.stderr.strip()}")
+            variables[step.capture.name] = result.stdout.strip()
             continue
         command = step.command
         if step.check:
@@ -338,7 +435,7 @@ def execute(steps: list[Step]) -> None:
                     continue
                 command = step.if_exists
         if _call(command, variables).returncode != 0:
-            raise DeployError(f"`{shlex.join(_substitute(command, variables))}` failed")
+            raise DeployError(f"`{shlex.join(argv(command, variables))}` failed")
 
 
 def deploy(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def load_kustomization(directory: Path) -> tuple[list[dict[str, Any]], list[dict
     return documents, images + kustomization.get("images", [])
 
 
-def _containers(node: Any):
+def _containers(node: Any) -> Iterator[dict[str, Any]]:
     """Every container spec in a manifest, whatever the kind (Pod templates, Knative)."""
     if isinstance(node, dict):
         for key, value in node.items():
