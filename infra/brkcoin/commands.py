@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -24,7 +25,7 @@ from brkcoin.stack import Stack, clean_leftovers, running_owner
 DATA_DIR = Path(os.environ.get("BRKCOIN_DATA", ".brkcoin"))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add up, mine, status and bench."""
     up = sub.add_parser("up", help="run the whole stack locally, mining on a schedule")
     up.add_argument("--host", default="127.0.0.1", help="address every server binds")
@@ -60,11 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(run=run_bench)
 
 
-def _inputs(args: argparse.Namespace, *names: str) -> dict:
+def _inputs(args: argparse.Namespace, *names: str) -> dict[str, int]:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def _token_headers() -> dict:
+def _token_headers() -> dict[str, str]:
     token = os.environ.get("WORKER_TOKEN", "")
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -94,11 +95,10 @@ def run_status(args: argparse.Namespace) -> int:
         return 2
     meter = wallet.RateMeter()
     meter.add(first["now"], first["hashes"])
-    last["rate"] = round(meter.add(last["now"], last["hashes"]), 1)
-    last["functions"] = {
+    report = {**last, "rate": round(meter.add(last["now"], last["hashes"]), 1), "functions": {
         n: is_up(f"http://{args.host}:{f.port}", 0.5) for n, f in FUNCTIONS.items()
-    }
-    print(json.dumps(last))
+    }}
+    print(json.dumps(report))
     return 0
 
 
@@ -155,7 +155,7 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGHUP, interrupt)
 
 
-def _logger(path: Path):
+def _logger(path: Path) -> Callable[[str], None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 

@@ -36,7 +36,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+def spawn(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, its output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -51,7 +53,7 @@ def spawn(command: list[str], log: Path, env: dict | None = None) -> subprocess.
         )
 
 
-def stop(process: subprocess.Popen, timeout: float = 10) -> None:
+def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
     """SIGTERM the child's process group, then SIGKILL it if it lingers."""
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
@@ -82,7 +84,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def functions_framework_command(function: Function, host: str, port: int) -> list[str]:
@@ -117,7 +120,7 @@ class FunctionProcess:
         # process its own so several starting at once don't collide.
         run_dir = Path(log_dir) / "run" / function.name
         self.env = {**os.environ, "XDG_RUNTIME_DIR": str(run_dir), **env}
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -157,7 +160,7 @@ def is_up(url: str, timeout: float = 1.0, signature: str = "http") -> bool:
     """True when a function answers on `url` (any HTTP answer from a CloudEvent one)."""
     try:
         with urllib.request.urlopen(url + "/", timeout=timeout) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except urllib.error.HTTPError as e:
         return signature != "http" and e.code in (400, 405)
     except OSError:

@@ -46,7 +46,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return self.url_of(self.host, self.port)
+
+    @staticmethod
+    def url_of(host: str, port: int) -> str:
+        return f"redis://{host}:{port}/0"
 
     def client(self, **kwargs: Any) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, socket_timeout=5, **kwargs)

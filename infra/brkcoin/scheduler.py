@@ -113,7 +113,7 @@ class WorkerTrigger:
         self,
         worker_url: str,
         workers: int = 1,
-        inputs: dict | None = None,
+        inputs: dict[str, int] | None = None,
         token: str = "",
         log: Callable[[str], None] = print,
     ) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -40,7 +41,7 @@ class Stack:
         self.names = names
         self.ports = {n: FUNCTIONS[n].port for n in self.names} | (ports or {})
         self.redis = None if redis_url else RedisServer(self.data_dir / "redis", redis_port, host)
-        self.redis_url = redis_url or self.redis.url
+        self.redis_url = redis_url or RedisServer.url_of(host, redis_port)
         self.urls = {n: f"http://{host}:{self.ports[n]}" for n in self.names}
         shared = {
             "REDIS_URL": self.redis_url,
@@ -107,22 +108,23 @@ class Stack:
         self.stop()
 
 
-def _read_state(data_dir: Path) -> dict:
+def _read_state(data_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((Path(data_dir) / "stack.json").read_text())
+        state = json.loads((Path(data_dir) / "stack.json").read_text())
     except (OSError, ValueError):
         return {}
+    return state if isinstance(state, dict) else {}
 
 
 def running_owner(data_dir: Path) -> int | None:
     """The pid of a `brkcoin` run that still owns this data folder, if any."""
     owner = _proc(_read_state(data_dir).get("owner", -1))
     if owner and owner.pid != os.getpid() and "brkcoin" in " ".join(owner.cmdline()):
-        return owner.pid
+        return int(owner.pid)
     return None
 
 
-def leftovers(data_dir: Path) -> list[dict]:
+def leftovers(data_dir: Path) -> list[dict[str, Any]]:
     """Processes a crashed run recorded in stack.json that are still running."""
     if running_owner(data_dir):
         return []  # not leftovers: their run is alive and owns them
@@ -134,7 +136,7 @@ def leftovers(data_dir: Path) -> list[dict]:
     return alive
 
 
-def clean_leftovers(data_dir: Path) -> list[dict]:
+def clean_leftovers(data_dir: Path) -> list[dict[str, Any]]:
     """Stop the leftovers of a crashed run; returns what was stopped."""
     found = leftovers(data_dir)
     for record in found:
