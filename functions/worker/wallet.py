@@ -17,9 +17,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import redis
-import redis.asyncio
+if TYPE_CHECKING:
+    import redis.asyncio
 
 RECENT_COINS = 100  # `coins:recent`, newest first, for the web UI
 RECORD = 96  # a coin on its way: 64 bytes of hex digest, then its 32 random bytes
@@ -113,6 +114,10 @@ class Wallet:
     """
 
     def __init__(self, url: str, timeout: float = 2.0) -> None:
+        # Imported here, not at the top: redis is the worker's heaviest import
+        # (~0.1 s) and only recording needs it, so a cold start answers sooner.
+        import redis.asyncio
+
         self._pool = redis.asyncio.ConnectionPool.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
@@ -120,6 +125,7 @@ class Wallet:
 
     async def record(self, flush: Flush) -> int:
         """Send `flush`; the number of its coins new to the wallet, or NotRecorded."""
+        import redis  # loaded by __init__ already; see there
         try:
             if self._connection is None:
                 self._connection = self._pool.connection_class(**self._pool.connection_kwargs)
