@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
+from time import perf_counter
 from typing import cast
 
 from settings import UNIT, Settings
+from telemetry import Telemetry
 from upstream import AuthHeaders, Upstream, UpstreamError
 from wallet import RECORD, Ledger, NotRecorded, Wallet
 
@@ -137,7 +139,8 @@ class Invocation:
         """Mine, record, and answer (HTTP status, JSON summary)."""
         self.instance.reserve(self.concurrency, self.batch)
         started = self.clock()
-        ledger = Ledger(Wallet(self.settings.redis_url))
+        telemetry = Telemetry(self.concurrency, self.batch)
+        ledger = Ledger(Wallet(self.settings.redis_url), telemetry)
         self.instance.ledgers.add(ledger)
         try:
             await self._mine(ledger, started + self.seconds)
@@ -225,14 +228,14 @@ class Invocation:
         draining = self.instance.draining.is_set()
         grace = self.settings.drain_grace if draining else self.settings.flush_grace
         give_up = self.clock() + grace
-        while not await self._try_flush(ledger):
+        while not await self._try_flush(ledger) and ledger.holds_counts():
             if self.clock() >= give_up:
                 return False
             await asyncio.sleep(min(0.5, max(0.0, give_up - self.clock())))
         return True
 
     async def _loop(self, ledger: Ledger, deadline: float) -> None:
-        s, batch = self.settings, self.batch
+        s, batch, telemetry = self.settings, self.batch, ledger.telemetry
         rng = Upstream("rng", s.rng_url, s.http_timeout, self.auth)
         hasher = Upstream("hasher", s.hasher_url, s.http_timeout, self.auth)
         size = UNIT * batch
@@ -243,7 +246,7 @@ class Invocation:
             while not self.stopped.is_set() and self.clock() < deadline:
                 if s.delay:
                     await asyncio.sleep(min(s.delay, max(0.0, deadline - self.clock())))
-                kind = "rng"
+                kind, started = "rng", perf_counter()
                 try:
                     # Each call may run to the deadline and a little past it, no more.
                     left = deadline + LATE - self.clock()
@@ -251,12 +254,15 @@ class Invocation:
                                           timeout=min(s.http_timeout, left))
                     if len(data) != size:
                         raise UpstreamError(f"rng: sent {len(data)} bytes, wanted {size}")
-                    kind = "hasher"
+                    kind, middle = "hasher", perf_counter()
+                    telemetry.call("rng", middle - started, True)
                     left = deadline + LATE - self.clock()
                     text = await hasher.call("POST", hasher_path, data, limit=65 * batch - 1,
                                              timeout=max(0.001, min(s.http_timeout, left)))
                     coins = verified_coins(data, text, batch, s.check_sample)
+                    telemetry.call("hasher", perf_counter() - middle, True)
                 except UpstreamError as e:
+                    telemetry.call(kind, 0.0, False)
                     self.tally.error(kind, str(e))
                     failures += 1
                     pause = min(1.0, 0.05 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
@@ -264,6 +270,7 @@ class Invocation:
                     continue
                 failures = 0
                 self.tally.hashes += batch
+                telemetry.hashes += batch
                 self.tally.coins += len(coins) // RECORD
                 ledger.add(batch, coins)
                 if coins and self.instance.coins_full():

@@ -1,31 +1,44 @@
 """The exactly-once flush: an invocation's counts into the Redis wallet.
 
 Counts move to Redis as flushes, each one Lua script call that does INCRBY hashes,
-HSET wallet for the coins and pushes the newest coins to `coins:recent`. A flush
-carries a marker key, set by the same script, so sending it again (after a reply
-lost to a timeout or a restart) is answered from the marker instead of counting
-twice. Each flush ends in one of three states, and the summary keeps them apart:
+HSET wallet for the coins, pushes the newest coins to `coins:recent`, updates
+the counter's history `hashes:history` and adds the interval's telemetry to
+`brkcoin:stats`. A flush carries a marker key, set by the same script, so sending
+it again (after a reply lost to a timeout or a restart) is answered from the
+marker instead of counting twice. Each flush ends in one of three states, and
+the summary keeps them apart:
 
 - recorded: Redis answered; the marker holds its result;
 - unrecorded: certainly not in Redis (never sent, or refused before any write);
 - in doubt: sent, but no answer came; Redis may still run it. `GET <marker>`
   settles it: the key exists if and only if the flush was recorded.
+
+Beside DockerCoins' keys (`hashes`, `wallet`), for the web UI:
+- `coins:recent`: list, newest first, capped at 100: {"digest", "time"} JSON;
+- `hashes:history`: list, newest first, capped at 600: "[epoch second, hashes]",
+  the counter at most once a second (Redis' clock), so a page opened now can
+  draw the last ten minutes;
+- `brkcoin:stats`: sorted set scored by Redis' clock, the last 60 s of flushes'
+  telemetry (see telemetry.py).
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from telemetry import Telemetry
+
 if TYPE_CHECKING:
     import redis.asyncio
 
-RECENT_COINS = 100  # `coins:recent`, newest first, for the web UI
+RECENT_COINS = 100
+HISTORY_POINTS = 600
+STATS_SECONDS = 60
 RECORD = 96  # a coin on its way: 64 bytes of hex digest, then its 32 random bytes
 MARKER_TTL = 3600  # seconds a marker (and so the chance to settle a doubt) lasts
-KEYS = ("hashes", "wallet", "coins:recent")
+KEYS = ("hashes", "wallet", "coins:recent", "hashes:history", "brkcoin:stats")
 
 # Redis does not roll a script back when a command fails halfway, so every key's
 # type (and the counter's value) is checked before the first write: a script that
@@ -33,20 +46,23 @@ KEYS = ("hashes", "wallet", "coins:recent")
 # flush is answered even if a key has gone bad since. The coins come as one
 # string of 96-byte records (64 hex digest + 32 random bytes) and go in with a
 # few multi-field HSETs: per-coin arguments and commands cost Redis and the
-# worker several times more at large batches.
-# KEYS: hashes, wallet, recent, marker. ARGV: now, hashes, cap, ttl, coins
+# worker several times more at large batches. Times are Redis' own (TIME), one
+# clock for every worker instance and the web UI.
+# KEYS: hashes, wallet, recent, history, stats, marker.
+# ARGV: hashes, coins, stats line ('' for none), recent cap, history cap,
+#       stats seconds, marker ttl
 FLUSH_SCRIPT = """
 local function bad(key, holds, wanted)
   return redis.error_reply('BADKEY key ' .. key .. ' holds ' .. holds .. ', not ' .. wanted)
 end
-local marker = redis.call('TYPE', KEYS[4])['ok']
+local marker = redis.call('TYPE', KEYS[6])['ok']
 if marker ~= 'none' and marker ~= 'string' then
-  return bad(KEYS[4], 'a ' .. marker, 'a string')
+  return bad(KEYS[6], 'a ' .. marker, 'a string')
 end
-local done = redis.call('GET', KEYS[4])
+local done = redis.call('GET', KEYS[6])
 if done then return tonumber(done) end
-local wanted = {'string', 'hash', 'list'}
-for i = 1, 3 do
+local wanted = {'string', 'hash', 'list', 'list', 'zset'}
+for i = 1, 5 do
   local kind = redis.call('TYPE', KEYS[i])['ok']
   if kind ~= 'none' and kind ~= wanted[i] then
     return bad(KEYS[i], 'a ' .. kind, 'a ' .. wanted[i])
@@ -56,8 +72,12 @@ local count = redis.call('GET', KEYS[1])
 if count and not (string.match(count, '^%-?%d+$') and #count <= 18) then
   return bad(KEYS[1], string.format('%q', string.sub(count, 1, 24)), 'an integer')
 end
-redis.call('INCRBY', KEYS[1], ARGV[2])
-local coins, n, new, fields = ARGV[5], #ARGV[5] / 96, 0, {}
+local clock = redis.call('TIME')
+local second = tonumber(clock[1])
+local now = second + tonumber(clock[2]) / 1e6
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+local coins, new, fields = ARGV[2], 0, {}
+local n = #coins / 96
 for i = 0, n - 1 do
   fields[#fields + 1] = string.sub(coins, i * 96 + 1, i * 96 + 64)
   fields[#fields + 1] = string.sub(coins, i * 96 + 65, i * 96 + 96)
@@ -66,13 +86,25 @@ for i = 0, n - 1 do
     fields = {}
   end
 end
-local cap = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
 for i = math.max(0, n - cap), n - 1 do
   local digest = string.sub(coins, i * 96 + 1, i * 96 + 64)
-  redis.call('LPUSH', KEYS[3], cjson.encode({digest = digest, time = tonumber(ARGV[1])}))
+  redis.call('LPUSH', KEYS[3], cjson.encode({digest = digest, time = now}))
 end
 if n > 0 then redis.call('LTRIM', KEYS[3], 0, cap - 1) end
-redis.call('SET', KEYS[4], new, 'EX', tonumber(ARGV[4]))
+local point = '[' .. second .. ',' .. total .. ']'
+local last = redis.call('LINDEX', KEYS[4], 0)
+if last and string.match(last, '^%[(%d+),') == tostring(second) then
+  redis.call('LSET', KEYS[4], 0, point)
+else
+  redis.call('LPUSH', KEYS[4], point)
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+end
+if #ARGV[3] > 0 then
+  redis.call('ZADD', KEYS[5], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[6]))
+end
+redis.call('SET', KEYS[6], new, 'EX', tonumber(ARGV[7]))
 return new
 """
 
@@ -96,6 +128,7 @@ class Flush:
     hashes: int
     coins: bytes  # 96-byte records: the form the flush script takes, built as mined
     marker: str = field(default_factory=lambda: f"brkcoin:flush:{uuid.uuid4().hex}")
+    stats: str = ""  # the interval's telemetry line
     in_doubt: bool = False  # an attempt was sent and not answered: it may land
 
     def as_json(self) -> dict[str, object]:
@@ -133,10 +166,11 @@ class Wallet:
         except (redis.RedisError, OSError) as e:
             await self.close()
             raise NotRecorded(f"redis unreachable: {e}") from e
-        args = (time.time(), flush.hashes, RECENT_COINS, MARKER_TTL, flush.coins)
+        args = (flush.hashes, flush.coins, flush.stats, RECENT_COINS, HISTORY_POINTS,
+                STATS_SECONDS, MARKER_TTL)
         try:
             await self._connection.send_command(
-                "EVAL", FLUSH_SCRIPT, 4, *KEYS, flush.marker, *args
+                "EVAL", FLUSH_SCRIPT, len(KEYS) + 1, *KEYS, flush.marker, *args
             )
             new = await self._connection.read_response()
         except redis.ResponseError as e:  # the script refused: this attempt wrote nothing
@@ -164,8 +198,9 @@ class Ledger:
     time and is sent again, under its marker, until Redis confirms it.
     """
 
-    def __init__(self, wallet: Wallet) -> None:
+    def __init__(self, wallet: Wallet, telemetry: Telemetry) -> None:
         self.wallet = wallet
+        self.telemetry = telemetry
         self.pending_hashes = 0
         self.pending_coins = bytearray()  # 96-byte records, see Flush
         self.inflight: Flush | None = None
@@ -175,6 +210,12 @@ class Ledger:
         self.pending_hashes += hashes
         self.pending_coins += coins
 
+    def holds_counts(self) -> bool:
+        """Hashes or coins that Redis has not confirmed (telemetry aside: it is
+        best effort, and never a reason to answer 503)."""
+        inflight = self.inflight is not None and bool(self.inflight.hashes or self.inflight.coins)
+        return inflight or bool(self.pending_hashes or self.pending_coins)
+
     @property
     def held_coins(self) -> int:
         held = len(self.pending_coins) + (len(self.inflight.coins) if self.inflight else 0)
@@ -182,9 +223,11 @@ class Ledger:
 
     async def flush(self) -> None:
         """Record the flush in flight, then what is pending; NotRecorded if Redis won't."""
-        while self.inflight is not None or self.pending_hashes or self.pending_coins:
+        while (self.inflight is not None or self.pending_hashes or self.pending_coins
+               or self.telemetry.has_news()):
             if self.inflight is None:
                 self.inflight = Flush(self.pending_hashes, bytes(self.pending_coins))
+                self.inflight.stats = self.telemetry.take(self.inflight.marker)
                 self.pending_hashes, self.pending_coins = 0, bytearray()
             self.new_coins += await self.wallet.record(self.inflight)
             self.inflight = None
