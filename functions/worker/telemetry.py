@@ -79,7 +79,7 @@ class Telemetry:
         entry = {
             "flush": flush, "instance": INSTANCE, "invocation": self.invocation,
             "loops": self.loops, "batch": self.batch, "interval": round(now - self.since, 3),
-            "hashes": self.hashes,
+            "hashes": self.hashes, "bounds_ms": BUCKETS_MS,
             **{name: calls.as_json() for name, calls in self.upstreams.items()},
         }
         self.upstreams = {name: Calls() for name in self.upstreams}
