@@ -48,7 +48,9 @@ def test_isolated_networks_as_the_seed(compose: dict) -> None:
     networks = {name: set(s["networks"]) for name, s in services.items()}
     assert networks["worker"] >= {"rng", "hasher", "redis"}
     assert networks["rng"] == {"rng"} and networks["hasher"] == {"hasher"}
-    assert networks["redis"] == {"redis"} and networks["webui"] == {"redis"}
+    assert networks["redis"] == {"redis"}
+    # Unlike the seed, the web UI joins every network: its Functions panel probes them.
+    assert networks["webui"] == {"rng", "hasher", "redis", "worker"}
     assert networks["scheduler"].isdisjoint({"rng", "hasher", "redis"})
     assert networks["scheduler"] & networks["worker"], "the scheduler must reach the worker"
     assert services["webui"]["ports"] == ["${WEBUI_PORT:-8000}:8080"]
@@ -73,7 +75,8 @@ def test_function_services_are_read_only_restarting_and_built_from_the_dockerfil
     assert service["restart"] == "unless-stopped"
     assert {"type": "tmpfs", "target": "/tmp"} in service["volumes"]
     assert service["build"] == {"context": "../..", "dockerfile": "infra/container/Dockerfile",
-                                "target": name}
+                                "target": name,
+                                "args": {"EXTRA_CA_CERTS": "${EXTRA_CA_CERTS:-}"}}
     assert service["image"] == f"${{REGISTRY:-brkcoin}}/{name}:${{TAG:-latest}}"
     assert "ALL" in service["cap_drop"]
 
@@ -91,13 +94,22 @@ def test_worker_reaches_its_backends_by_service_name(compose: dict) -> None:
     assert env["REDIS_URL"] == "redis://redis:6379/0"
 
 
-def test_scheduler_posts_the_worker_every_minute(compose: dict) -> None:
+def test_webui_probes_every_function_by_service_name(compose: dict) -> None:
+    env = compose["services"]["webui"]["environment"]
+    assert env == {"REDIS_URL": "redis://redis:6379/0", "RNG_URL": "http://rng:8080",
+                   "HASHER_URL": "http://hasher:8080", "WORKER_URL": "http://worker:8080"}
+
+
+def test_scheduler_posts_every_worker_replica_every_minute(compose: dict) -> None:
+    # infra/container/test runs it for real; here, what it is built from.
     scheduler = compose["services"]["scheduler"]
     script = scheduler["command"][0]
     assert "60 - $$(date +%s) % 60" in script  # aligned to the minute, like cron
-    assert '"$$WORKER_URL"' in script and "-X POST" in script
-    assert scheduler["environment"]["WORKER_URL"] == "http://worker:8080/"
+    assert 'getent ahostsv4 "$$WORKER_HOST"' in script  # every replica's address
+    assert 'flock -n' in script and "-X POST" in script  # one invocation per replica
+    assert scheduler["environment"]["WORKER_HOST"] == "${WORKER_HOST:-worker}"
     assert scheduler["environment"]["SECONDS_PER_TICK"] == "${SECONDS_PER_TICK:-55}"
+    assert {"type": "tmpfs", "target": "/tmp"} in scheduler["volumes"]  # the flock files
 
 
 def test_loadable_by_docker_stack_deploy(compose: dict) -> None:
@@ -130,4 +142,4 @@ def test_deploy_compose_swarm_dry_run(capsys) -> None:
         "docker compose -f infra/container/compose.yaml -p brkcoin push",
         "docker stack deploy --compose-file infra/container/compose.yaml brkcoin",
     ]
-    assert "REGISTRY=ghcr.io/me TAG=latest" in lines[0]
+    assert "REGISTRY=ghcr.io/me TAG=latest WORKER_HOST=tasks.worker" in lines[0]

@@ -52,6 +52,21 @@ def test_stage_runs_the_plain_command_as_non_root(stages: dict[str, Stage], name
     assert stage.env()["XDG_RUNTIME_DIR"] == "/tmp"  # gunicorn's socket on the tmpfs
     healthcheck = stage.effective("HEALTHCHECK") or ""
     assert "CMD" in healthcheck and "127.0.0.1:8080" in healthcheck
+    assert "THREADS" not in stage.env()  # uvicorn workers serve the async functions
+
+
+def test_user_10001_has_a_group_of_its_own(stages: dict[str, Stage]) -> None:
+    # `useradd --user-group` alone picks gid 999: USER 10001:10001 would have no group name.
+    script = " ".join(stages["base"].own("RUN"))
+    assert "groupadd --gid 10001 brkcoin" in script
+    assert "useradd --uid 10001 --gid 10001" in script
+
+
+def test_extra_ca_certificates_build_argument(stages: dict[str, Stage]) -> None:
+    base = stages["base"]
+    assert 'EXTRA_CA_CERTS=""' in base.own("ARG")  # empty by default: nothing added
+    script = " ".join(base.own("RUN"))
+    assert "update-ca-certificates" in script and "/etc/pip.conf" in script
 
 
 def _image_tree(stage: Stage, into: Path) -> Path:
