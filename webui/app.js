@@ -1,4 +1,5 @@
-/* BRK coin miner web UI: reads the webui function once a second, draws the speed.
+/* BRK coin miner web UI: reads the webui function once a second, draws the speed
+ * and shows each function's throughput and latency.
  *
  * Works served by the webui function itself (same origin, relative URLs as in
  * DockerCoins) or from any static host with ?api=http://HOST:PORT pointing at it.
@@ -19,6 +20,7 @@
   const KEEP_SAMPLES_S = 60; // readings kept for the rate (far more than the window)
   const COIN_ROWS = 10;
   const FUNCTIONS = ["rng", "hasher", "worker"];
+  const UPSTREAMS = ["rng", "hasher"]; // the worker's calls, timed by the worker
 
   /* Hashes per second at the newest reading: delta hashes / delta now, as in
    * DockerCoins, but across the last >= 5 s of readings instead of the last poll.
@@ -87,6 +89,74 @@
     return state.speed;
   }
 
+  /* The counter's history (/history: [second, hashes] points, oldest first) as
+   * the readings a page polling once a second would have taken, ending at `now`.
+   *
+   * Every change of the counter is a worker's flush, and every flush writes the
+   * point of its second (the last flush in a second wins). So at the whole
+   * second t the counter held the point of the latest second before t, and
+   * between points it did not move: a second without a point is a second
+   * without mining, read as such, not drawn across. Fed through addSample,
+   * these readings get the same 5 s smoothing as the live ones.
+   */
+  function historySamples(points, now) {
+    const valid = points.filter(
+      (p) => Array.isArray(p) && p.length === 2 && Number.isFinite(p[0]) && Number.isFinite(p[1])
+    );
+    const samples = [];
+    if (!valid.length || !Number.isFinite(now)) return samples;
+    const end = Math.floor(now);
+    // Enough for the chart's span, plus the rate's window before its first point.
+    const start = Math.max(valid[0][0] + 1, end - CHART_SPAN_S - RATE_WINDOW_S);
+    let next = 0;
+    let hashes = null;
+    for (let t = start; t <= end; t++) {
+      while (next < valid.length && valid[next][0] < t) hashes = valid[next++][1];
+      if (hashes !== null) samples.push({ now: t, hashes });
+    }
+    return samples;
+  }
+
+  /* The upstream the worker waits on longest: the highest p50 latency, then
+   * p95, among rng and hasher when both had timed calls; null on a tie or
+   * without both (one alone is not slower than anything). */
+  function slowest(functions) {
+    const timed = UPSTREAMS.filter((name) => functions[name] && isMs(functions[name].p50_ms));
+    if (timed.length < UPSTREAMS.length) return null;
+    const latency = (name) => [functions[name].p50_ms, functions[name].p95_ms || 0];
+    const [a, b] = timed.map(latency);
+    const order = a[0] - b[0] || a[1] - b[1];
+    return order > 0 ? timed[0] : order < 0 ? timed[1] : null;
+  }
+
+  function isMs(value) {
+    return typeof value === "number" && isFinite(value) && value >= 0;
+  }
+
+  function isCount(value) {
+    return Number.isInteger(value) && value >= 0;
+  }
+
+  /* "instances × concurrency · queued" from the local platform's report of a
+   * function; null when it has none (every other target). */
+  function scaleText(report) {
+    if (!report || !isCount(report.instances) || !isCount(report.concurrency)) return null;
+    const each = report.concurrency === 0 ? "unlimited" : String(report.concurrency);
+    let text = report.instances + " \u00d7 " + each;
+    if (isCount(report.queued)) text += " \u00b7 " + report.queued + " queued";
+    return text;
+  }
+
+  function scheduleText(scheduler) {
+    if (!scheduler || typeof scheduler.schedule !== "string") return null;
+    let text = scheduler.schedule.slice(0, 40);
+    if (isCount(scheduler.fanout)) text += " \u00b7 fan-out " + scheduler.fanout;
+    if (isCount(scheduler.skipped) && scheduler.skipped > 0) {
+      text += " \u00b7 " + scheduler.skipped + " skipped";
+    }
+    return text;
+  }
+
   const integer = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
   const oneDecimal = new Intl.NumberFormat(undefined, {
     minimumFractionDigits: 1,
@@ -96,6 +166,15 @@
   function formatSpeed(value) {
     if (value === null) return "\u2026";
     return value < 100 ? oneDecimal.format(value) : integer.format(value);
+  }
+
+  const threeDigits = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 3 });
+
+  /* A latency bucket's bound as it is (1.25 ms, 315 ms, 2.5 s). */
+  function formatMs(value) {
+    if (value === null) return "\u2013"; // no timed call
+    if (value < 1000) return threeDigits.format(value) + " ms";
+    return threeDigits.format(value / 1000) + " s";
   }
 
   function formatAge(seconds) {
@@ -167,6 +246,18 @@
     return ["coins", "hashes", "now"].every(isNumber);
   }
 
+  function isStats(data) {
+    const rate = (v) => typeof v === "number" && isFinite(v) && v >= 0;
+    const msOrNull = (v) => v === null || isMs(v);
+    const isUpstream = (u) => Boolean(u) && rate(u.calls_per_s) && rate(u.errors_per_s) &&
+      msOrNull(u.p50_ms) && msOrNull(u.p95_ms);
+    const isWorker = (w) => Boolean(w) && rate(w.hashes_per_s) &&
+      ["instances", "invocations", "loops"].every((k) => isCount(w[k]));
+    const f = data.functions || {};
+    return rate(data.window) && UPSTREAMS.every((name) => isUpstream(f[name])) &&
+      isWorker(f.worker);
+  }
+
   /* ---- the page ---- */
 
   const $ = (id) => document.getElementById(id);
@@ -193,6 +284,73 @@
     if (!row) return;
     row.className = up === null ? "" : up ? "up" : "down";
     row.querySelector(".detail").textContent = detail;
+    // The per-function panel's dot says the same: from /health, never from the
+    // numbers (a worker busy mining still answers, and idle is not down).
+    const tile = document.querySelector('.fn[data-name="' + name + '"]');
+    if (tile) {
+      tile.classList.toggle("up", up === true);
+      tile.classList.toggle("down", up === false);
+      tile.querySelector(".dot").title = detail;
+    }
+  }
+
+  /* A value in the per-function panel; data-value (where present) keeps the
+   * number as a test or a script can read it. */
+  function fieldOf(name, field) {
+    return document.querySelector('.fn[data-name="' + name + '"] [data-field="' + field + '"]');
+  }
+
+  function setField(name, field, value, text) {
+    const el = fieldOf(name, field);
+    if (el.dataset.value !== undefined) el.dataset.value = value === null ? "" : String(value);
+    el.textContent = text;
+  }
+
+  /* A row shown only with the local platform's report. */
+  function setOptional(name, field, text) {
+    setField(name, field, null, text || "");
+    fieldOf(name, field).parentElement.hidden = !text;
+  }
+
+  function renderStats(data) {
+    const f = data.functions;
+    const platform = data.platform && typeof data.platform === "object" ? data.platform : {};
+    const reports = platform.functions && typeof platform.functions === "object"
+      ? platform.functions : {};
+    for (const name of UPSTREAMS) {
+      setField(name, "calls_per_s", f[name].calls_per_s, formatSpeed(f[name].calls_per_s));
+      setField(name, "p50_ms", f[name].p50_ms, formatMs(f[name].p50_ms));
+      setField(name, "p95_ms", f[name].p95_ms, formatMs(f[name].p95_ms));
+      setField(name, "errors_per_s", f[name].errors_per_s, formatSpeed(f[name].errors_per_s));
+      fieldOf(name, "errors_per_s").classList.toggle("bad", f[name].errors_per_s > 0);
+    }
+    const w = f.worker;
+    setField("worker", "hashes_per_s", w.hashes_per_s, formatSpeed(w.hashes_per_s));
+    for (const key of ["invocations", "loops", "instances"]) {
+      setField("worker", key, w[key], integer.format(w[key]));
+    }
+    for (const name of FUNCTIONS) setOptional(name, "scale", scaleText(reports[name]));
+    setOptional("worker", "schedule", scheduleText(platform.scheduler));
+
+    const slow = slowest(f);
+    const bottleneck = $("bottleneck");
+    bottleneck.dataset.slowest = slow || "";
+    for (const name of UPSTREAMS) {
+      const tile = document.querySelector('.fn[data-name="' + name + '"]');
+      tile.classList.toggle("slowest", name === slow);
+      tile.querySelector(".badge").hidden = name !== slow;
+    }
+    let text;
+    if (slow) {
+      const other = UPSTREAMS.find((name) => name !== slow);
+      text = "Slowest: " + slow + " (p50 " + formatMs(f[slow].p50_ms) + "; " + other + " " +
+        formatMs(f[other].p50_ms) + ")";
+    } else if (UPSTREAMS.every((name) => f[name].p50_ms !== null)) {
+      text = "rng and hasher answer alike (p50 " + formatMs(f.rng.p50_ms) + ").";
+    } else {
+      text = "No timed calls in the last " + data.window + " s: is the worker mining?";
+    }
+    if (bottleneck.textContent !== text) bottleneck.textContent = text;
   }
 
   function renderCoins(list, now) {
@@ -287,6 +445,7 @@
     }
     const url = (path) => base + path;
     $("api").textContent = new URL(url("json"), location.href).href;
+    const panel = $("per-function");
     const chart = createChart($("chart"));
     let coins = [];
     let coinsSeen = null; // the `coins` count the table was last loaded for
@@ -339,6 +498,37 @@
       setTimeout(poll, Math.max(0, POLL_MS - (Date.now() - started)));
     }
 
+    /* Pre-fills the chart with the last minutes, so a page opened mid-lesson
+     * does not start empty. Before the first live reading: samples go oldest first. */
+    async function loadHistory() {
+      try {
+        const data = await getJSON(url("history"));
+        if (!Array.isArray(data.points)) return;
+        for (const sample of historySamples(data.points, data.now)) addSample(state, sample);
+        chart.setData([state.xs, state.ys]);
+      } catch (e) {
+        // No history (an older webui, Redis down): the live readings still come.
+      }
+    }
+
+    async function pollStats() {
+      const started = Date.now();
+      try {
+        const data = await getJSON(url("stats"));
+        if (!isStats(data)) {
+          throw new HttpError(200, url("stats") + " did not answer {window, functions}");
+        }
+        renderStats(data);
+        panel.classList.remove("stale");
+        $("fn-note").textContent = "last " + data.window + " s, as the worker timed its calls";
+      } catch (e) {
+        panel.classList.add("stale");
+        $("fn-note").textContent = "not updating: " + e.message;
+        if (e.status === 404) return; // a webui without /stats: asking again will not help
+      }
+      setTimeout(pollStats, Math.max(0, POLL_MS - (Date.now() - started)));
+    }
+
     async function checkHealth() {
       try {
         const data = await getJSON(url("health"));
@@ -355,12 +545,14 @@
       setTimeout(checkHealth, HEALTH_MS);
     }
 
-    poll();
+    loadHistory().then(poll);
+    pollStats();
     checkHealth();
   }
 
   window.brkcoin = {
-    rate, addSample, newState, apiBase, formatSpeed, compact, RATE_WINDOW_S, MIN_SPAN_S,
+    rate, addSample, newState, apiBase, formatSpeed, formatMs, compact, historySamples, slowest,
+    scaleText, RATE_WINDOW_S, MIN_SPAN_S,
   };
   if (document.getElementById("chart") && typeof uPlot === "function") start();
 })();

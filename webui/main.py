@@ -4,6 +4,10 @@ GET /           -> index.html (and the page's own files: app.js, style.css, vend
 GET /json       -> {"coins": HLEN wallet, "hashes": GET hashes, "now": epoch seconds}
                    as DockerCoins' webui serves it, so the original page works against it
 GET /coins      -> the most recent coins, newest first, from the worker's `coins:recent`
+GET /history    -> {"points": [[epoch second, hashes], ...], "now"}: the counter's
+                   recent history, oldest first, from the worker's `hashes:history`
+GET /stats      -> the last 5 s of the worker's telemetry (`brkcoin:stats`) added up
+                   per function, with the local platform's report (`brkcoin:platform`)
 GET /health     -> whether redis, rng, hasher and worker answer: up, ms and the banner
 
 Read-only: it never writes to Redis and never reads a request body (one over 1 KiB,
@@ -35,6 +39,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import functions_framework.aio
+import readings  # webui/readings.py: Functions Framework puts this folder on sys.path
 import redis.asyncio
 from redis import ConnectionError as RedisConnectionError
 from redis import RedisError, ResponseError
@@ -108,7 +113,13 @@ HEALTH_TTL = _env_number("WEBUI_HEALTH_TTL", 2.0, 0, 3600)
 MAX_BODY = 1024  # a GET has no use for a body; anything larger is refused unread
 RECENT_KEY = "coins:recent"  # written by the worker beside `wallet`, newest first
 MAX_RECENT = 100
-KEY_TYPES = {"hashes": "string", "wallet": "hash", RECENT_KEY: "list"}
+HISTORY_KEY = "hashes:history"  # written by the worker: newest first, one point a second
+MAX_HISTORY = 600
+STATS_KEY = "brkcoin:stats"  # written by the worker: a telemetry line per flush
+STATS_WINDOW = 5  # seconds of telemetry that /stats adds up
+PLATFORM_KEY = "brkcoin:platform"  # written by the local platform only, every second
+KEY_TYPES = {"hashes": "string", "wallet": "hash", RECENT_KEY: "list", HISTORY_KEY: "list",
+             STATS_KEY: "zset", PLATFORM_KEY: "string"}
 COUNTER = re.compile(rb"-?[0-9]{1,19}")  # what INCRBY leaves: a signed 64-bit integer
 DIGEST = re.compile(r"[0-9a-f]{64}")
 BANNER_BYTES = 256  # read of a function's banner; only its first line is shown...
@@ -185,7 +196,9 @@ async def _transaction(*commands: tuple[str, ...]) -> list[Any]:
     A key of the wrong type becomes BadData naming it, not a generic error."""
     pipe = _redis().pipeline(transaction=True)
     for command in commands:
-        pipe.execute_command(*command)
+        # As redis-py's own zrangebyscore asks, so every version answers (member, score) pairs.
+        options = {"withscores": True} if "WITHSCORES" in command else {}
+        pipe.execute_command(*command, **options)
     results: list[Any] = await pipe.execute(raise_on_error=False)
     for command, result in zip(commands, results, strict=True):
         if isinstance(result, ResponseError):
@@ -254,6 +267,38 @@ async def recent_coins(limit: int) -> dict[str, Any]:
     # A malformed entry must not hide the good ones.
     coins = [coin for coin in map(_coin, entries) if coin is not None]
     return {"coins": coins, "total": total}
+
+
+async def history() -> dict[str, Any]:
+    (seconds, micros), entries = await _transaction(
+        ("TIME",), ("LRANGE", HISTORY_KEY, "0", str(MAX_HISTORY - 1))
+    )
+    points = [point for point in map(readings.history_point, entries) if point is not None]
+    return {"points": points[::-1], "now": seconds + micros / 1e6}
+
+
+async def stats() -> dict[str, Any]:
+    """The last STATS_WINDOW seconds of telemetry by Redis' clock, added up.
+
+    The set keeps a minute of lines: reading only the window's moves ~12 times
+    less for each viewer each second. Where the window starts is known only from
+    Redis' clock, so a first TIME places the range (a second early, should the
+    clock step back), and the lines are cut exactly at the TIME read in the same
+    MULTI as the range: one moment, as for /json.
+    """
+    [(seconds, micros)] = await _transaction(("TIME",))
+    since = seconds + micros / 1e6 - STATS_WINDOW - 1
+    (seconds, micros), entries, report = await _transaction(
+        ("TIME",),
+        ("ZRANGEBYSCORE", STATS_KEY, repr(since), "+inf", "WITHSCORES"),
+        ("GET", PLATFORM_KEY),
+    )
+    try:
+        platform = readings.platform(report)
+    except readings.Malformed as e:
+        raise BadData(f"Redis key {PLATFORM_KEY!r} holds {e}") from e
+    summary = readings.summarize(entries, seconds + micros / 1e6, STATS_WINDOW)
+    return {**summary, "platform": platform}
 
 
 # ---- /health ----
@@ -430,6 +475,10 @@ async def _route(request: Request) -> Response:
         except ValueError as e:
             return _error(400, str(e))
         return await _from_redis(recent_coins(limit))
+    if path == "/history":
+        return await _from_redis(history())
+    if path == "/stats":
+        return await _from_redis(stats())
     if path == "/health":
         return _json(200, await health())
     file = STATIC.get(path)

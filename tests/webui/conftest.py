@@ -26,6 +26,7 @@ from brkcoin.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
+DOCS = ROOT / "docs"
 # Fast mining for the tests; the worker's small delay keeps the 2-core machine usable.
 STACK_ENV = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0.01"}
 CHROMIUM_ARGS = [
@@ -124,6 +125,20 @@ def miner(stack: Stack) -> Iterator[Miner]:
     running.wait()  # never leave an invocation running into the next test
 
 
+@pytest.fixture
+def miner_of() -> Iterator[Callable[[str], Miner]]:
+    """miner_of(worker URL): a Miner for any stack's worker, waited for at teardown."""
+    made: list[Miner] = []
+
+    def make(worker_url: str) -> Miner:
+        made.append(Miner(worker_url))
+        return made[-1]
+
+    yield make
+    for running in made:
+        running.wait()
+
+
 def _chromium() -> str | None:
     given = os.environ.get("BRKCOIN_CHROMIUM")
     if given:
@@ -189,3 +204,18 @@ def page_factory(browser) -> Iterator[Callable[..., tuple[object, Console]]]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def screenshot(artifacts: Path) -> Callable[..., None]:
+    """screenshot(page, name, docs=False): into tests/artifacts/; with docs=True and
+    BRKCOIN_UPDATE_DOCS=1 also into docs/, where the README shows it."""
+
+    def save(page, name: str, docs: bool = False) -> None:
+        path = artifacts / name
+        page.screenshot(path=str(path), full_page=True)
+        if docs and os.environ.get("BRKCOIN_UPDATE_DOCS") == "1":
+            DOCS.mkdir(exist_ok=True)
+            shutil.copyfile(path, DOCS / name)
+
+    return save

@@ -3,9 +3,7 @@ rng, hasher, worker and webui as functions-framework processes."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
 import socket
 import statistics
 import subprocess
@@ -22,7 +20,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 WEBUI = ROOT / "webui"
-DOCS = ROOT / "docs"
 
 SPEED = "Number(document.getElementById('speed').dataset.value)"
 POINTS = "brkcoin.chart.data[1].filter(v => v !== null).length"
@@ -45,14 +42,6 @@ def _shown(page, element_id: str) -> int:
     return int(page.get_attribute(f"#{element_id}", "data-value"))
 
 
-def _save(page, artifacts: Path, name: str, full_page: bool = False) -> None:
-    path = artifacts / name
-    page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("BRKCOIN_UPDATE_DOCS") == "1":  # refresh the README's screenshots
-        DOCS.mkdir(exist_ok=True)
-        shutil.copyfile(path, DOCS / name)
-
-
 def _wait_totals_match(page, totals: dict) -> None:
     page.wait_for_function(
         "([h, c]) => document.getElementById('hashes').dataset.value === String(h)"
@@ -62,7 +51,7 @@ def _wait_totals_match(page, totals: dict) -> None:
     )
 
 
-def test_live_page_while_mining(stack, miner, page_factory, get_json, add_coin, artifacts):
+def test_live_page_while_mining(stack, miner, page_factory, get_json, add_coin, screenshot):
     page, console = page_factory(1280, 900)
     wallet = stack.redis.client()
     miner.mine(seconds=12, concurrency=2)
@@ -88,7 +77,15 @@ def test_live_page_while_mining(stack, miner, page_factory, get_json, add_coin, 
     assert set(shown) <= mined, "every coin in the table is in the wallet"
 
     page.wait_for_selector('#health li[data-name="worker"].up', timeout=8000)
-    _save(page, artifacts, "webui.png", full_page=True)  # mid-mining
+    # The panel adds up the worker's telemetry: one invocation of two loops.
+    page.wait_for_function(
+        "() => ['invocations', 'loops'].map(f => document.querySelector("
+        "`.fn[data-name=worker] [data-field=${f}]`).dataset.value).join() === '1,2'"
+        " && Number(document.querySelector('.fn[data-name=rng] [data-field=calls_per_s]')"
+        ".dataset.value) > 0",
+        timeout=5000,
+    )
+    screenshot(page, "webui-mining.png")
 
     results = miner.wait()
     assert results and all("error" not in r for r in results), results
@@ -109,19 +106,20 @@ def test_live_page_while_mining(stack, miner, page_factory, get_json, add_coin, 
     assert console.errors == []
 
 
-def test_phone_width(stack, miner, page_factory, get_json, artifacts):
+def test_phone_width(stack, miner, page_factory, get_json, screenshot):
     page, console = page_factory(390, 844)
     miner.mine(seconds=6)
     page.goto(stack.urls["webui"] + "/")
     page.wait_for_function(f"() => {SPEED} > 0 && {POINTS} >= 2", timeout=10_000)
     # Nothing wider than the phone: no sideways scrolling.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    chart_box = page.locator("#chart canvas").bounding_box()
-    assert chart_box["x"] >= 0 and chart_box["x"] + chart_box["width"] <= 390
+    for selector in ("#chart canvas", "#per-function .fns"):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
     for element_id in ("speed", "hashes", "coins"):
         box = page.locator(f"#{element_id}").bounding_box()
         assert box["height"] >= 24, f"#{element_id} is not a big number"
-    _save(page, artifacts, "webui-phone.png", full_page=True)
+    screenshot(page, "webui-mining-phone.png")
     miner.wait()
     _wait_totals_match(page, get_json(stack.urls["webui"] + "/json"))
     assert console.errors == []

@@ -136,7 +136,9 @@ def test_stale_connection_after_restart_is_replaced(client, redis_server):
     assert client.get("/json").status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/json", "/coins", "/health", "/", "/app.js", "/nope"])
+@pytest.mark.parametrize(
+    "path", ["/json", "/coins", "/history", "/stats", "/health", "/", "/app.js", "/nope"]
+)
 def test_cors_headers(client, path):
     response = client.get(path, headers={"Origin": "http://127.0.0.1:9999"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
@@ -207,6 +209,7 @@ def test_etag_lists_and_wildcard(client):
     "path",
     [
         "/main.py",
+        "/readings.py",
         "/requirements.txt",
         "/vendor/uplot/README.md",
         "/../pyproject.toml",
@@ -455,8 +458,10 @@ def test_every_answer_of_ours_is_json(client, redis_server):
     r = redis_server.client()
     r.set("hashes", "abc")
     r.hset("coins:recent", "a", "b")
+    r.set("hashes:history", "x")
+    r.zadd("brkcoin:stats", {"not json": 1e18, '{"hashes": NaN}': 1e18})
     paths = ["/json", "/json?x=%zz", "/coins", "/coins?limit=%ff", "/coins?limit=1&limit=x",
-             "/health", "/nope", "/%ff", "/" + "a" * 5000]
+             "/history", "/stats", "/stats?window=x", "/health", "/nope", "/%ff", "/" + "a" * 5000]
     for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
         for path in paths:
             response = client.request(method, path)
@@ -515,16 +520,21 @@ def test_bad_settings_name_the_variable(function_client, name, value, message):
 
 
 def test_folder_deploys_alone():
-    """webui/main.py imports only the standard library and its requirements.txt."""
+    """webui/*.py import only the standard library, their requirements.txt and
+    each other (Functions Framework puts the folder on sys.path)."""
     requirements = {
         line.split(">")[0].split("=")[0].split("<")[0].strip().replace("-", "_")
         for line in (WEBUI / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
     assert requirements == {"functions_framework", "redis", "httptools", "uvloop"}
-    allowed = requirements | {"starlette"}  # starlette comes with functions-framework
-    tree = ast.parse((WEBUI / "main.py").read_text())
-    for node in ast.walk(tree):
+    siblings = {path.stem for path in WEBUI.glob("*.py")}
+    # Names the worker's folder uses too would collide when both load in one process.
+    assert not siblings & {p.stem for p in (WEBUI.parent / "functions" / "worker").glob("*.py")
+                           if p.stem != "main"}
+    allowed = requirements | {"starlette"} | siblings  # starlette comes with functions-framework
+    trees = [ast.parse(path.read_text()) for path in WEBUI.glob("*.py")]
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -1,0 +1,186 @@
+"""What the worker records for the page, read back: the counter's history and the
+per-flush telemetry (see the worker's wallet.py and telemetry.py), checked entry by
+entry and added up. Pure functions over what Redis returned, so main.py keeps the I/O.
+
+A malformed entry is skipped, never fatal: one bad line must not hide the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any
+
+MAX_COUNT = 2**63  # counts are Redis/Python integers; anything larger is not ours
+MAX_LINE = 64 * 1024  # a telemetry line is ~1 KiB
+UPSTREAMS = ("rng", "hasher")
+
+
+class Malformed(ValueError):
+    """An entry that is not what the worker writes."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise Malformed(f"{name} is not JSON")  # NaN, Infinity: json.loads would take them
+
+
+def _json(raw: bytes | str) -> object:
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise Malformed("not JSON") from e
+
+
+def _count(value: object) -> int:
+    """A non-negative integer count (a JSON true is no count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
+        raise Malformed(f"not a count: {value!r}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise Malformed("not a short text")
+    return value
+
+
+# ---- hashes:history ----
+
+
+def history_point(entry: bytes) -> list[int] | None:
+    """`[epoch second, hashes]` as the worker writes it; None when malformed."""
+    try:
+        point = _json(entry)
+        if not (isinstance(point, list) and len(point) == 2):
+            return None
+        return [_count(point[0]), _count(point[1])]
+    except Malformed:
+        return None
+
+
+# ---- brkcoin:stats ----
+
+
+def _bounds(value: object) -> list[float]:
+    if not (isinstance(value, list) and value):
+        raise Malformed("bounds_ms is not a list of bounds")
+    bounds = []
+    for bound in value:
+        if isinstance(bound, bool) or not isinstance(bound, int | float):
+            raise Malformed("a bound is not a number")
+        try:
+            bounds.append(float(bound))
+        except OverflowError as e:  # an integer beyond any float
+            raise Malformed("a bound is not finite") from e
+    if not all(math.isfinite(b) and b > 0 for b in bounds) or bounds != sorted(set(bounds)):
+        raise Malformed("bounds_ms is not increasing")
+    return bounds
+
+
+class Calls:
+    """One upstream's calls as one line reports them."""
+
+    def __init__(self, value: object, bounds: list[float]) -> None:
+        if not isinstance(value, dict):
+            raise Malformed("not an upstream's calls")
+        buckets = value.get("buckets")
+        # One bucket per bound, then the overflow bucket.
+        if not (isinstance(buckets, list) and len(buckets) == len(bounds) + 1):
+            raise Malformed("buckets do not match bounds_ms")
+        self.calls = _count(value.get("calls"))
+        self.errors = _count(value.get("errors"))
+        # The overflow bucket is keyed by infinity: above every bound.
+        self.histogram = dict(zip([*bounds, math.inf], map(_count, buckets), strict=True))
+
+
+class Line:
+    """One flush's telemetry line."""
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) > MAX_LINE:
+            raise Malformed("too long")
+        entry = _json(raw)
+        if not isinstance(entry, dict):
+            raise Malformed("not an object")
+        self.instance = _text(entry.get("instance"))
+        self.invocation = _text(entry.get("invocation"))
+        self.loops = _count(entry.get("loops"))
+        self.hashes = _count(entry.get("hashes"))
+        bounds = _bounds(entry.get("bounds_ms"))
+        self.upstreams = {name: Calls(entry.get(name), bounds) for name in UPSTREAMS}
+
+
+def percentile(histogram: dict[float, int], share: float) -> float | None:
+    """The bucket bound under which `share` of the timed calls fall, as the worker
+    computes it for one line (None: no timed call; the overflow bucket reports
+    the last bound). Over the sum of many lines' buckets it is the percentile of
+    all their calls, which no average of per-line percentiles would be."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    last_bound = max(bound for bound in histogram if bound != math.inf)
+    seen = 0
+    for bound in sorted(histogram):
+        seen += histogram[bound]
+        if seen >= share * total:
+            return min(bound, last_bound)
+    raise AssertionError("unreachable: the loop reaches the total")
+
+
+def _rate(count: int, window: float) -> float:
+    return round(count / window, 3)
+
+
+def summarize(entries: list[tuple[bytes, float]], now: float, window: float) -> dict[str, Any]:
+    """Telemetry lines (line, Redis time of its flush) of the `window` seconds up
+    to `now`, added up per function; rates are per second over the window."""
+    lines: list[Line] = []
+    skipped = 0
+    for raw, flushed in sorted(entries, key=lambda entry: entry[1]):
+        if flushed <= now - window:
+            continue  # read with a margin: see main.stats
+        try:
+            lines.append(Line(raw))
+        except Malformed:
+            skipped += 1
+    functions: dict[str, Any] = {}
+    for name in UPSTREAMS:
+        calls = [line.upstreams[name] for line in lines]
+        histogram: Counter[float] = Counter()
+        for each in calls:
+            histogram.update(each.histogram)
+        functions[name] = {
+            "calls_per_s": _rate(sum(c.calls for c in calls), window),
+            "errors_per_s": _rate(sum(c.errors for c in calls), window),
+            "p50_ms": percentile(histogram, 0.50),
+            "p95_ms": percentile(histogram, 0.95),
+        }
+    # An invocation runs `loops` mining loops all its life; its newest line says how many.
+    loops = {line.invocation: line.loops for line in lines}
+    functions["worker"] = {
+        "instances": len({line.instance for line in lines}),
+        "invocations": len(loops),
+        "loops": sum(loops.values()),
+        "hashes_per_s": _rate(sum(line.hashes for line in lines), window),
+    }
+    return {"window": window, "now": now, "functions": functions, "skipped": skipped}
+
+
+# ---- brkcoin:platform ----
+
+
+def platform(raw: bytes | None) -> dict[str, Any] | None:
+    """The local platform's JSON object as it wrote it; None when it writes none
+    (any other target). Malformed raises: it is one key, not a stream of lines."""
+    if raw is None:
+        return None
+    if len(raw) > MAX_LINE:
+        raise Malformed(f"{len(raw)} bytes, too many for the platform's report")
+    try:
+        value = _json(raw)
+    except Malformed:
+        raise Malformed("text that is not JSON, not the platform's report") from None
+    if not isinstance(value, dict):
+        raise Malformed("JSON that is not an object, not the platform's report")
+    return value
