@@ -150,6 +150,7 @@ class Invocation:
             self.instance.release(self.concurrency, self.batch)
             await ledger.wallet.close()
         summary: dict[str, object] = {
+            "invocation": telemetry.invocation,  # as in its brkcoin:stats lines
             "hashes": self.tally.hashes,
             "coins": self.tally.coins,
             "new_coins": ledger.new_coins,
@@ -242,8 +243,12 @@ class Invocation:
         rng_path = f"/{size}"
         hasher_path = "/" if batch == 1 else f"/?chunk={UNIT}"  # batch=1: the original
         failures = 0
+        unit = 0.0  # how long this loop's units take lately (a moving average)
         try:
-            while not self.stopped.is_set() and self.clock() < deadline:
+            # A unit is begun only if it can end by the deadline, as the last ones
+            # did: the invocation ends on time and the next tick need not wait.
+            while not self.stopped.is_set() and self.clock() + unit < deadline:
+                began = self.clock()
                 if s.delay:
                     await asyncio.sleep(min(s.delay, max(0.0, deadline - self.clock())))
                 kind, started = "rng", perf_counter()
@@ -269,6 +274,7 @@ class Invocation:
                     await asyncio.sleep(min(pause, max(0.0, deadline - self.clock())))
                     continue
                 failures = 0
+                unit = 0.7 * unit + 0.3 * (self.clock() - began) if unit else self.clock() - began
                 self.tally.hashes += batch
                 telemetry.hashes += batch
                 self.tally.coins += len(coins) // RECORD
