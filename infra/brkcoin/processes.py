@@ -56,16 +56,17 @@ def spawn(
 def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
     """SIGTERM the child's process group, then SIGKILL it if it lingers."""
     if process.poll() is None:
-        _signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout)
-    _signal_group(process.pid, signal.SIGKILL)  # grandchildren left in the group
+    signal_group(process.pid, signal.SIGKILL)  # grandchildren left in the group
 
 
-def _signal_group(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
+    """Send `sig` to a child's process group (each child leads its own)."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -98,13 +99,12 @@ def functions_framework_command(function: Function, host: str, port: int) -> lis
         "--host", host,
         "--port", str(port),
     ]
-    if function.signature != "http":
-        command += ["--signature-type", function.signature]
     return command
 
 
 class FunctionProcess:
-    """One `functions-framework` process serving one function on host:port."""
+    """One `functions-framework` process serving one function on host:port: one
+    instance of it, named `name` (default: the function's) in logs."""
 
     def __init__(
         self,
@@ -113,12 +113,14 @@ class FunctionProcess:
         env: dict[str, str],
         log_dir: Path,
         host: str = "127.0.0.1",
+        name: str = "",
     ) -> None:
         self.function, self.port, self.host = function, port, host
-        self.log = Path(log_dir) / f"{function.name}.log"
+        self.instance = name or function.name
+        self.log = Path(log_dir) / f"{self.instance}.log"
         # gunicorn >= 25 opens a control socket in $XDG_RUNTIME_DIR; give each
         # process its own so several starting at once don't collide.
-        run_dir = Path(log_dir) / "run" / function.name
+        run_dir = Path(log_dir) / "run" / self.instance
         self.env = {**os.environ, "XDG_RUNTIME_DIR": str(run_dir), **env}
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -148,7 +150,12 @@ class FunctionProcess:
         raise StartFailed(f"{self.name} did not answer on {self.url} in {timeout}s; see {self.log}")
 
     def is_up(self, timeout: float = 1.0) -> bool:
-        return is_up(self.url, timeout, self.function.signature)
+        return is_up(self.url, timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: the function drains and exits by itself."""
+        if self.process is not None and self.process.poll() is None:
+            signal_group(self.process.pid, signal.SIGTERM)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -156,12 +163,10 @@ class FunctionProcess:
             self.process = None
 
 
-def is_up(url: str, timeout: float = 1.0, signature: str = "http") -> bool:
-    """True when a function answers on `url` (any HTTP answer from a CloudEvent one)."""
+def is_up(url: str, timeout: float = 1.0) -> bool:
+    """True when a function answers its `GET /` health check on `url`."""
     try:
         with urllib.request.urlopen(url + "/", timeout=timeout) as response:
             return bool(response.status == 200)
-    except urllib.error.HTTPError as e:
-        return signature != "http" and e.code in (400, 405)
-    except OSError:
+    except OSError:  # HTTPError included
         return False

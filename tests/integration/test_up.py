@@ -5,84 +5,17 @@ after a crashed run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
-import psutil
 import pytest
-import redis
 
-from brkcoin.layout import FUNCTIONS
 from brkcoin.processes import free_port
 from brkcoin.redis_server import RedisServer
+from conftest import BRKCOIN, assert_all_gone
 from support import assert_wallet_holds_only_true_coins
-
-BRKCOIN = str(Path(sys.executable).with_name("brkcoin"))
-
-
-class Up:
-    """A `brkcoin up` subprocess on free ports with its own data folder."""
-
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.ports = {n: free_port() for n in FUNCTIONS} | {"redis": free_port()}
-        self.data_dir = data_dir
-        args = [f"--{n}-port={p}" for n, p in self.ports.items()]
-        self.process = subprocess.Popen(
-            [BRKCOIN, "up", "--data-dir", str(data_dir), "--every", "2s", *args, *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 30) -> None:
-        give_up = time.monotonic() + timeout
-        while text not in self.output:
-            assert self.process.poll() is None or text in self.output, self.output
-            assert time.monotonic() < give_up, f"no {text!r} in:\n{self.output}"
-            time.sleep(0.1)
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children(recursive=True)
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis(port=self.ports["redis"], socket_timeout=2)
-
-
-@pytest.fixture
-def up(tmp_path):
-    started: list[Up] = []
-
-    def start(*extra: str) -> Up:
-        started.append(Up(tmp_path / "data", *extra))
-        return started[-1]
-
-    yield start
-    for each in started:
-        if each.process.poll() is None:
-            each.process.kill()
-        for child in psutil.Process().children(recursive=True):
-            if child.pid != each.process.pid:
-                child.kill()
-
-
-def assert_all_gone(processes: list[psutil.Process], timeout: float = 15) -> None:
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
-    assert not alive, [p.cmdline() for p in alive]
 
 
 def test_up_mines_answers_status_and_mine(up):
@@ -148,7 +81,7 @@ def test_next_up_stops_the_leftovers_of_a_crashed_run(up, tmp_path):
     }))
     stack = up()
     stack.wait_for("brkcoin is up")
-    assert f"stopped a leftover rng (pid {orphan.pid})" in stack.output
+    assert f"ended a leftover rng (pid {orphan.pid})" in stack.output
     assert orphan.wait(10) is not None
 
 
