@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -118,6 +118,8 @@ class Platform:
         # Requests known to be coming (the scheduler's fan-out): capacity for them
         # is there before the tick, so no invocation waits in line for an instance.
         self.expected: dict[str, int] = {}
+        # More to publish beside the functions (`up` adds its scheduler's state).
+        self.report: Callable[[], dict[str, Any]] = dict
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                        name="front doors")
@@ -326,7 +328,7 @@ class Platform:
     def _publish(self) -> None:
         state = self.state()
         public = {"functions": {n: {k: v for k, v in f.items() if k != "url"}
-                                for n, f in state["functions"].items()}}
+                                for n, f in state["functions"].items()}} | self.report()
         try:
             if self._state is None:
                 self._state = redis.Redis.from_url(self.redis_url, socket_timeout=0.5,

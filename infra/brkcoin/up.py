@@ -166,6 +166,7 @@ def run_up(args: argparse.Namespace) -> int:
                             os.environ.get("WORKER_TOKEN", ""),
                             log=_logger(platform.logs / "scheduler.log"), overlap=args.overlap)
     scheduler = Scheduler(schedule, trigger)
+    platform.report = lambda: {"scheduler": trigger.state() | {"schedule": str(schedule)}}
     threading.Thread(target=scheduler.run, daemon=True, name="scheduler").start()
     _announce(platform, schedule, trigger)
     try:

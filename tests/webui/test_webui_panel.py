@@ -4,12 +4,15 @@ app.js' helpers on hand-made data, then the page against real stacks."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from brkcoin.layout import FUNCTIONS
+from brkcoin.platform import Platform
 from brkcoin.processes import free_port
 from brkcoin.stack import Stack
 
@@ -245,3 +248,39 @@ def test_page_opened_after_mining_draws_the_history_at_once(stack, miner, page_f
     assert 0.6 * true_rate < max(earlier) < 1.4 * true_rate, (earlier, true_rate)
     assert page.evaluate("document.querySelector('#chart canvas') !== null")
     assert console.errors == []
+
+
+@pytest.fixture
+def plateau(tmp_path: Path) -> Iterator[Platform]:
+    """The DockerCoins lesson's shape on the real local platform: one rng instance
+    serving one request at a time, the demo delays of 0.1 s."""
+    running = Platform(tmp_path / "lesson", ports={n: free_port() for n in FUNCTIONS},
+                       redis_port=free_port(), scale={"rng": 1}, concurrency={"rng": 1},
+                       env={"RNG_DELAY": "0.1", "HASHER_DELAY": "0.1", "WORKER_DELAY": "0.1"})
+    running.start()
+    beating = threading.Event()
+
+    def heartbeat() -> None:  # publishes brkcoin:platform, as `brkcoin up` does
+        while not beating.wait(0.5):
+            running.tick()
+
+    threading.Thread(target=heartbeat, daemon=True).start()
+    yield running
+    beating.set()
+    running.stop()
+
+
+@pytest.mark.slow
+def test_during_the_plateau_the_panel_names_rng(plateau, miner_of, page_factory):
+    miner = miner_of(plateau.urls["worker"])
+    for _ in range(10):  # ten workers: far more than one rng at 10 calls/s can feed
+        miner.mine(seconds=12)
+    page, console = page_factory(1280, 900)
+    page.goto(plateau.urls["webui"] + "/")
+    page.wait_for_selector("#bottleneck[data-slowest=rng]", timeout=15_000)
+    # rng's line makes its latency several times hasher's: the queue, made visible.
+    assert _field(page, "rng", "p50_ms") >= 4 * _field(page, "hasher", "p50_ms")
+    scale = page.text_content('.fn[data-name="rng"] [data-field="scale"]')
+    assert scale.startswith("1 × 1 · ") and not scale.endswith(" 0 queued"), scale
+    miner.wait()
+    assert not console.errors
