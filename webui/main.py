@@ -35,19 +35,16 @@ import ssl
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import functions_framework.aio
 import readings  # webui/readings.py: Functions Framework puts this folder on sys.path
-import redis.asyncio
-from redis import ConnectionError as RedisConnectionError
-from redis import RedisError, ResponseError
-from redis import TimeoutError as RedisTimeoutError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.requests import Request
 from starlette.responses import Response
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 
 def _env_number(name: str, default: float, low: float, high: float) -> float:
@@ -181,6 +178,13 @@ def _redis() -> redis.asyncio.Redis:
     """The Redis client of the running event loop: one for the server's life (a
     test client may run a loop per request, and connections belong to their loop)."""
     global _client
+    # redis is imported here and in the functions that catch its errors, not at
+    # the top: it is the webui's heaviest import (0.1 to 0.2 s) and the page
+    # itself does not need it, so a cold start answers sooner.
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     loop = asyncio.get_running_loop()
     if _client is None or _client[0] is not loop:
         # Short timeouts so a dead Redis turns into a quick 503, never a hanging page.
@@ -194,6 +198,8 @@ def _redis() -> redis.asyncio.Redis:
 async def _transaction(*commands: tuple[str, ...]) -> list[Any]:
     """Run read commands (name, key, args...) in one MULTI, so they see one moment.
     A key of the wrong type becomes BadData naming it, not a generic error."""
+    from redis import ResponseError  # see _redis()
+
     pipe = _redis().pipeline(transaction=True)
     for command in commands:
         # As redis-py's own zrangebyscore asks, so every version answers (member, score) pairs.
@@ -377,14 +383,16 @@ async def _probe(target: Target) -> dict[str, Any]:
 
 
 async def _probe_redis() -> dict[str, Any]:
+    import redis  # see _redis()
+
     started = time.monotonic()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             await _redis().ping()
         up, detail = True, "PING ok"
-    except (TimeoutError, RedisTimeoutError):
+    except (TimeoutError, redis.TimeoutError):
         up, detail = False, "timed out"
-    except RedisError:
+    except redis.RedisError:
         up, detail = False, "unreachable"
     return {"up": up, "ms": round((time.monotonic() - started) * 1000, 1), "detail": detail}
 
@@ -431,13 +439,15 @@ def _error(status: int, message: str, **headers: str) -> Response:
 
 
 async def _from_redis(read: Awaitable[dict[str, Any]]) -> Response:
+    import redis  # see _redis()
+
     try:
         return _json(200, await read)
     except BadData as e:
         return _error(503, str(e))
-    except (RedisConnectionError, RedisTimeoutError) as e:
+    except (redis.ConnectionError, redis.TimeoutError) as e:
         return _error(503, f"Redis unreachable at {REDIS_WHERE}: {e}")
-    except RedisError as e:
+    except redis.RedisError as e:
         return _error(503, f"Redis at {REDIS_WHERE} refused the read: {e}")
 
 
