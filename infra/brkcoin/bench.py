@@ -159,6 +159,7 @@ def reference(tmp: Path, seconds: float, concurrency: int, runs: int) -> dict[st
     function = Function("reference", folder, 0)
     process = FunctionProcess(function, free_port(), {}, tmp / "logs").start().wait_ready(30)
     try:
+        round_trips(process.url, concurrency, 1.0)  # warm-up, as for the pipeline
         rate = round_trips(process.url, concurrency, seconds)
     finally:
         process.stop()
@@ -183,11 +184,13 @@ def run(args: argparse.Namespace) -> int:
         report["in_process_hashes_per_s"] = round(in_process_limit())
         report["reference"] = reference(Path(tmp), seconds, 8, runs)
         with _stack(Path(tmp) / "nodelay", NO_DELAYS) as stack:
+            mine_case(stack, 1.0, max(concurrencies), 1)  # warm-up: imports, connections
             report["batch1"] = [mine_case(stack, seconds, c, 1) for c in concurrencies]
             report["batched"] = [
                 mine_case(stack, seconds, c, BIG_BATCH) for c in concurrencies[:3]
             ]
         with _stack(Path(tmp) / "demo", {}) as stack:
+            mine_case(stack, 1.0, 1, 1)  # warm-up
             report["demo_delays"] = [
                 mine_case(stack, seconds, c, 1) for c in ([1] if args.quick else [1, 300])
             ]
