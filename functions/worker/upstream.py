@@ -110,9 +110,14 @@ class _Connection(asyncio.Protocol):
         # its cost, on the hottest path there is.
         self.timer = loop.call_later(seconds, self._expire, seconds)
         try:
-            self.transport.write(request)
-            if body:
-                self.transport.write(body)
+            # One write, so one send() to the kernel: a small body is copied to
+            # its head; a large one goes with it as a second buffer of one writev.
+            if not body:
+                self.transport.write(request)
+            elif len(body) < 16384:
+                self.transport.write(request + body)
+            else:
+                self.transport.writelines((request, body))
             return await self.answer
         finally:
             self.timer.cancel()
