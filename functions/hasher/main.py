@@ -58,6 +58,10 @@ def _builtin_sha256() -> Callable[[bytes], hashlib._Hash]:
 
 
 small_sha256 = _builtin_sha256()
+# Requests one instance serves at once (0: no limit), the rest waiting their
+# turn; for targets whose platform does not limit it (see rng's main.py).
+CONCURRENCY = int(_env_number("INSTANCE_CONCURRENCY", 0, 0, 100_000))
+_turns = asyncio.Semaphore(CONCURRENCY) if CONCURRENCY else None
 HELLO = f"HASHER running on {socket.gethostname()}\n"
 
 
@@ -150,6 +154,13 @@ async def hasher(request: Request) -> Response:
         return _error(e.status, str(e), Connection="close")
     if chunk is not None and len(body) % chunk:
         return _error(400, f"body length {len(body)} is not a multiple of chunk={chunk}")
+    if _turns is None:
+        return await _hashed(body, chunk)
+    async with _turns:
+        return await _hashed(body, chunk)
+
+
+async def _hashed(body: bytes, chunk: int | None) -> Response:
     if DELAY:
         await asyncio.sleep(DELAY)
     if chunk is None:

@@ -33,6 +33,12 @@ def _env_number(name: str, default: float, low: float, high: float) -> float:
 
 DELAY = _env_number("RNG_DELAY", 0.1, 0, 60)  # demo latency, as the original
 MAX_BYTES = int(_env_number("RNG_MAX_BYTES", 1 << 20, 1, 1 << 30))
+# Requests one instance serves at once (0: no limit), the rest waiting their
+# turn: 1 is the original single-threaded rng of the DockerCoins lesson. For
+# targets whose platform does not limit it (compose, plain Kubernetes); Cloud Run,
+# Knative and `brkcoin up` hold requests at their front door instead.
+CONCURRENCY = int(_env_number("INSTANCE_CONCURRENCY", 0, 0, 100_000))
+_turns = asyncio.Semaphore(CONCURRENCY) if CONCURRENCY else None
 HELLO = f"RNG running on {socket.gethostname()}\n"
 MAX_DIGITS = len(str(MAX_BYTES))
 
@@ -64,6 +70,13 @@ async def rng(request: Request) -> Response:
             and 1 <= int(path) <= MAX_BYTES):
         shown = path if len(path) <= 40 else path[:40] + "..."
         return _error(400, f"n must be an integer from 1 to {MAX_BYTES}, got {shown!r}")
+    if _turns is None:
+        return await _random_bytes(int(path))
+    async with _turns:
+        return await _random_bytes(int(path))
+
+
+async def _random_bytes(n: int) -> Response:
     if DELAY:
         await asyncio.sleep(DELAY)
-    return Response(os.urandom(int(path)), media_type="application/octet-stream")
+    return Response(os.urandom(n), media_type="application/octet-stream")

@@ -65,3 +65,20 @@ def test_demo_delay_applies_per_request(function_client):
 def test_a_bad_setting_names_its_variable(function_client):
     with pytest.raises(ValueError, match="RNG_DELAY must be a number from 0 to 60, got 'x'"):
         function_client("rng", RNG_DELAY="x")
+
+
+def test_instance_concurrency_makes_requests_take_turns(start_function):
+    """INSTANCE_CONCURRENCY=1 is the original single-threaded rng: five requests
+    at once are served one after the other (for platforms that do not hold
+    requests at a front door themselves)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    rng = start_function("rng", {"RNG_DELAY": "0.2", "INSTANCE_CONCURRENCY": "1"})
+    started = time.monotonic()
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: requests.get(rng.url + "/8", timeout=10), range(5)))
+    assert all(a.status_code == 200 for a in answers)
+    assert time.monotonic() - started >= 1.0
+    assert requests.get(rng.url + "/", timeout=1).status_code == 200  # health: no line
