@@ -2,8 +2,10 @@
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 
 def test_root_says_hello_with_hostname(function_client):
@@ -71,10 +73,6 @@ def test_instance_concurrency_makes_requests_take_turns(start_function):
     """INSTANCE_CONCURRENCY=1 is the original single-threaded rng: five requests
     at once are served one after the other (for platforms that do not hold
     requests at a front door themselves)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import requests
-
     rng = start_function("rng", {"RNG_DELAY": "0.2", "INSTANCE_CONCURRENCY": "1"})
     started = time.monotonic()
     with ThreadPoolExecutor(5) as pool:
