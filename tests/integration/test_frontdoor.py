@@ -117,7 +117,11 @@ def test_a_refused_body_is_not_read_on(start_function, door):
     except OSError:
         pass  # refused and closed
     answer = connection.getresponse()
-    assert answer.status == 413
+    # The instance answers 413 and closes with the body unread, which the kernel
+    # may turn into a reset that takes the answer with it before the door reads
+    # it: then the door says so (502). Either way a JSON error, and no more read.
+    assert answer.status in (413, 502)
+    assert "error" in json.loads(answer.read())
     assert sent < 100  # the door stopped reading soon after the instance refused
 
 

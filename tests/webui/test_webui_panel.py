@@ -278,8 +278,8 @@ def test_during_the_plateau_the_panel_names_rng(plateau, miner_of, page_factory)
     page, console = page_factory(1280, 900)
     page.goto(plateau.urls["webui"] + "/")
     page.wait_for_selector("#bottleneck[data-slowest=rng]", timeout=15_000)
-    # rng's line makes its latency several times hasher's: the queue, made visible.
-    assert _field(page, "rng", "p50_ms") >= 4 * _field(page, "hasher", "p50_ms")
+    # rng's line makes its latency a multiple of hasher's: the queue, made visible.
+    assert _field(page, "rng", "p50_ms") >= 2 * _field(page, "hasher", "p50_ms")
     scale = page.text_content('.fn[data-name="rng"] [data-field="scale"]')
     assert scale.startswith("1 × 1 · ") and not scale.endswith(" 0 queued"), scale
     miner.wait()
