@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import functions_framework.aio
 import readings  # webui/readings.py: Functions Framework puts this folder on sys.path
@@ -64,7 +65,9 @@ class Target(NamedTuple):
     host: str
     port: int
     tls: bool
-    request: bytes
+    request: bytes  # the request's head, but the blank line that ends it
+    host_header: str
+    path: str
 
 
 def _env_target(name: str, default: str) -> Target:
@@ -80,8 +83,56 @@ def _env_target(name: str, default: str) -> Target:
     path = url.path.rstrip("/") + "/"
     host_header = url.netloc.rpartition("@")[2]  # never send the URL's credentials
     request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: brkcoin-webui\r\n"
-               "Accept: text/plain\r\nConnection: close\r\n\r\n").encode()
-    return Target(url.hostname, port, url.scheme == "https", request)
+               "Accept: text/plain\r\nConnection: close\r\n").encode()
+    return Target(url.hostname, port, url.scheme == "https", request, host_header, path)
+
+
+def _aws_credentials() -> tuple[str, str, str, str] | None:
+    """UPSTREAM_AUTH=aws-sigv4 (on Lambda, where the functions' URLs are AWS_IAM):
+    the key, secret, session token and region Lambda gives, to sign the probes."""
+    mode = os.environ.get("UPSTREAM_AUTH", "")
+    if mode not in ("", "aws-sigv4"):
+        raise ValueError(f"UPSTREAM_AUTH must be unset or 'aws-sigv4', got {mode!r}")
+    env = os.environ
+    key, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION", "")
+    if mode and not (key and secret and region):
+        raise ValueError("UPSTREAM_AUTH=aws-sigv4 needs AWS_ACCESS_KEY_ID, "
+                         "AWS_SECRET_ACCESS_KEY and AWS_REGION (Lambda sets them)")
+    return (key, secret, env.get("AWS_SESSION_TOKEN", ""), region) if mode else None
+
+
+def _hmac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def _signature(target: Target) -> bytes:
+    """The SigV4 headers (service `lambda`) of the probe of `target`, a GET / with
+    no body, or nothing. hashlib and hmac rather than botocore: this folder takes
+    nothing beyond its requirements.txt."""
+    if CREDENTIALS is None:
+        return b""
+    key, secret, token, region = CREDENTIALS
+    now = time.gmtime()
+    stamp, day = time.strftime("%Y%m%dT%H%M%SZ", now), time.strftime("%Y%m%d", now)
+    headers = {"host": target.host_header, "x-amz-date": stamp}  # in sorted order
+    if token:
+        headers["x-amz-security-token"] = token
+    signed = ";".join(headers)
+    canonical = "\n".join(["GET", quote(target.path, safe="/~"), "",
+                           *(f"{k}:{v}" for k, v in headers.items()), "", signed,
+                           hashlib.sha256(b"").hexdigest()])
+    scope = f"{day}/{region}/lambda/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope,
+                         hashlib.sha256(canonical.encode()).hexdigest()])
+    signing_key = ("AWS4" + secret).encode()
+    for part in (day, region, "lambda", "aws4_request"):
+        signing_key = _hmac(signing_key, part)
+    signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={key}/{scope}, "
+                                f"SignedHeaders={signed}, Signature={signature}")
+    del headers["host"]  # already in the request
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
 
 
 def _redis_where(url: str) -> str:
@@ -104,6 +155,7 @@ FUNCTIONS = {
     "hasher": _env_target("HASHER_URL", "http://127.0.0.1:8002"),
     "worker": _env_target("WORKER_URL", "http://127.0.0.1:8003"),
 }
+CREDENTIALS = _aws_credentials()
 PROBE_TIMEOUT = _env_number("WEBUI_PROBE_TIMEOUT", 1.0, 0.01, 60)  # total, per probe
 # Many viewers each polling /health must not multiply the probes sent to the functions.
 HEALTH_TTL = _env_number("WEBUI_HEALTH_TTL", 2.0, 0, 3600)
@@ -357,7 +409,7 @@ async def _get_banner(target: Target) -> tuple[bool, str]:
         target.host, target.port, ssl=_tls() if target.tls else None, limit=16 * 1024
     )
     try:
-        writer.write(target.request)
+        writer.write(target.request + _signature(target) + b"\r\n")
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         status_line, *lines = head.split("\r\n")
         version, _, rest = status_line.partition(" ")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 UNIT = 32  # random bytes per unit of work, as the original worker
 MAX_BATCH = 32768  # 32 x 32768 = 1 MiB, the rng and hasher limits
-UPSTREAM_AUTH_MODES = ("", "google-id-token")
+UPSTREAM_AUTH_MODES = ("", "google-id-token", "aws-sigv4")
 
 
 class ConfigError(ValueError):

@@ -12,9 +12,8 @@ handler to `brkcoin_lambda.handler`. The function is served by the very ASGI app
   (e.g. 503: counts not recorded) is raised, so Lambda retries the event.
 
 Environment: FUNCTION_TARGET (required), FUNCTION_EVENT_TARGET (optional),
-FUNCTION_SOURCE (default: main.py beside this file), SIGN_URLS (optional: names of
-variables holding AWS_IAM function URLs the function calls, e.g. RNG_URL,HASHER_URL;
-see sigv4_proxy.py).
+FUNCTION_SOURCE (default: main.py beside this file). Calls to AWS_IAM function URLs
+are signed by the functions themselves (UPSTREAM_AUTH=aws-sigv4).
 """
 
 from __future__ import annotations
@@ -28,11 +27,6 @@ from typing import Any
 
 import functions_framework
 from mangum import Mangum
-
-if os.environ.get("SIGN_URLS"):  # before main.py reads the URLs at import
-    import sigv4_proxy
-
-    sigv4_proxy.install(os.environ["SIGN_URLS"])
 
 SOURCE = os.environ.get("FUNCTION_SOURCE") or str(Path(__file__).resolve().with_name("main.py"))
 TARGET = os.environ["FUNCTION_TARGET"]

@@ -232,7 +232,7 @@ def test_the_worker_signs_its_calls_to_aws_iam_urls(
                # what the Lambda runtime gives a function: its role's credentials
                "AWS_ACCESS_KEY_ID": "AKIDBRKCOIN", "AWS_SECRET_ACCESS_KEY": "SECRET",
                "AWS_SESSION_TOKEN": "SESSIONTOKEN", "AWS_REGION": "us-east-1",
-               "SIGN_URLS": "RNG_URL,HASHER_URL" if signing else ""}
+               "UPSTREAM_AUTH": "aws-sigv4" if signing else ""}
         [answer] = run_lambda(tmp_path, "worker", env, [{"seconds": 0.3}])
         assert answer["ok"]["statusCode"] == 200
         if signing:
@@ -240,6 +240,35 @@ def test_the_worker_signs_its_calls_to_aws_iam_urls(
         else:  # refused at rng already, so the worker never gets to hasher
             assert gates["rng"].rejected > 0
             assert all(g.valid == 0 for g in gates.values())
+    finally:
+        for gate in gates.values():
+            gate.shutdown()
+            gate.server_close()
+
+
+@pytest.mark.parametrize("signing", [True, False], ids=["signed", "unsigned"])
+def test_the_web_ui_signs_its_probes_of_aws_iam_urls(
+    signing: bool, function_processes, redis_url: str, tmp_path: Path
+) -> None:
+    names = ("rng", "hasher", "worker")
+    gates = {name: SigV4Gate(function_processes[name].url) for name in names}
+    for gate in gates.values():
+        threading.Thread(target=gate.serve_forever, daemon=True).start()
+    try:
+        env = {"REDIS_URL": redis_url, "AWS_ACCESS_KEY_ID": "AKIDBRKCOIN",
+               "AWS_SECRET_ACCESS_KEY": "SECRET", "AWS_SESSION_TOKEN": "SESSIONTOKEN",
+               "AWS_REGION": "us-east-1", "UPSTREAM_AUTH": "aws-sigv4" if signing else "",
+               **{f"{name.upper()}_URL": gates[name].url for name in names}}
+        [answer] = run_lambda(tmp_path, "webui", env, [function_url_event("GET", "/health")])
+        status, _, body = from_lambda(answer)
+        assert status == 200
+        probes = json.loads(body)["functions"]
+        if signing:
+            assert all(probes[n]["up"] for n in names), probes
+            assert all(g.valid == 1 and g.rejected == 0 for g in gates.values())
+        else:
+            assert [probes[n]["detail"] for n in names] == ["HTTP 403"] * 3
+            assert all(g.rejected == 1 and g.valid == 0 for g in gates.values())
     finally:
         for gate in gates.values():
             gate.shutdown()
