@@ -15,7 +15,7 @@ import pytest
 
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import aws_package
-from brkcoin.layout import FUNCTIONS
+from brkcoin.layout import FUNCTIONS, TICK
 from brkcoin.processes import free_port
 
 PREFIX = "brktest"
@@ -27,9 +27,24 @@ def client(endpoint: str, service: str):
                         aws_access_key_id="test", aws_secret_access_key="test")
 
 
-def deploy(endpoint: str, *extra: str) -> int:
+@pytest.fixture(scope="module")
+def layer(moto_endpoint: str) -> str:
+    """A layer standing for the dependencies (what --no-vendor needs; moto checks it)."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("python/README", "the dependencies would be here")
+    return client(moto_endpoint, "lambda").publish_layer_version(
+        LayerName=f"{PREFIX}-deps", Content={"ZipFile": archive.getvalue()},
+        CompatibleRuntimes=["python3.12"])["LayerVersionArn"]
+
+
+def deploy(endpoint: str, layer: str, *extra: str) -> int:
     return brkcoin(["deploy", "aws", "--endpoint-url", endpoint, "--prefix", PREFIX,
-                    "--no-vendor", *extra])
+                    "--no-vendor", "--layer", layer, *extra])
+
+
+def destroy(endpoint: str) -> int:
+    return brkcoin(["destroy", "aws", "--endpoint-url", endpoint, "--prefix", PREFIX])
 
 
 def functions(lam) -> dict[str, dict]:
@@ -52,43 +67,57 @@ def url_auth_type(statement: dict) -> str | None:
     return condition.get("lambda:FunctionUrlAuthType") or statement.get("FunctionUrlAuthType")
 
 
+def rules(endpoint: str) -> dict[str, dict]:
+    """The tick rules, each with its targets."""
+    events = client(endpoint, "events")
+    found = events.list_rules(NamePrefix=f"{PREFIX}-worker-tick")["Rules"]
+    return {r["Name"]: {**r, "Targets": events.list_targets_by_rule(Rule=r["Name"])["Targets"]}
+            for r in found}
+
+
 def snapshot(endpoint: str) -> dict:
     """Everything the deploy is expected to leave, in comparable form."""
-    lam, events = client(endpoint, "lambda"), client(endpoint, "events")
+    lam = client(endpoint, "lambda")
     found = functions(lam)
-    rule = events.describe_rule(Name=f"{PREFIX}-worker-tick")
     return {
         "functions": found,
         "urls": {n: lam.get_function_url_config(FunctionName=f"{PREFIX}-{n}") for n in found},
         "policies": {n: policy(lam, n) for n in found},
-        "rule": rule,
-        "targets": events.list_targets_by_rule(Rule=f"{PREFIX}-worker-tick")["Targets"],
+        "rules": rules(endpoint),
         "role_policies": client(endpoint, "iam").list_role_policies(
             RoleName=f"{PREFIX}-lambda")["PolicyNames"],
     }
 
 
-def test_deploy_update_destroy(moto_endpoint: str, capsys) -> None:
-    assert deploy(moto_endpoint, "--redis-url", "redis://wallet-1:6379/0") == 0
+def test_deploy_update_destroy(moto_endpoint: str, layer: str, capsys) -> None:
+    assert deploy(moto_endpoint, layer, "--redis-url", "redis://wallet-1:6379/0") == 0
     first = snapshot(moto_endpoint)
 
     assert set(first["functions"]) == set(NAMES)
     for name, function in first["functions"].items():
+        spec = FUNCTIONS[name]
         assert function["Runtime"] == "python3.12"
         assert function["Handler"] == "brkcoin_lambda.handler"
-        assert function["Environment"]["Variables"]["FUNCTION_TARGET"] == name
-    urls = {n: c["FunctionUrl"].rstrip("/") for n, c in first["urls"].items()}
+        assert function["MemorySize"] == spec.memory
+        timeout = spec.timeout_for(TICK.seconds) if name == "worker" else spec.timeout
+        assert function["Timeout"] == timeout, name
+        assert [x["Arn"] for x in function["Layers"]] == [layer]
+        env = function["Environment"]["Variables"]
+        assert env["FUNCTION_TARGET"] == name
+        assert {k: env[k] for k in spec.defaults} == spec.defaults
+    urls = {n: c["FunctionUrl"] for n, c in first["urls"].items()}
     assert {n: c["AuthType"] for n, c in first["urls"].items()} == {
-        "rng": "AWS_IAM", "hasher": "AWS_IAM", "worker": "AWS_IAM", "webui": "NONE"}
+        n: "NONE" if FUNCTIONS[n].public else "AWS_IAM" for n in NAMES}
     worker_env = first["functions"]["worker"]["Environment"]["Variables"]
     assert worker_env == {"FUNCTION_TARGET": "worker", "FUNCTION_EVENT_TARGET": "worker_event",
-                          "REDIS_URL": "redis://wallet-1:6379/0",
+                          "REDIS_URL": "redis://wallet-1:6379/0", "WORKER_DELAY": "0.1",
                           "RNG_URL": urls["rng"], "HASHER_URL": urls["hasher"],
-                          "SIGN_URLS": "RNG_URL,HASHER_URL"}
+                          "UPSTREAM_AUTH": "aws-sigv4"}  # it signs its calls itself
     webui_env = first["functions"]["webui"]["Environment"]["Variables"]
-    assert webui_env["WORKER_URL"] == urls["worker"]
-    assert webui_env["SIGN_URLS"] == "RNG_URL,HASHER_URL,WORKER_URL"
-    assert first["functions"]["worker"]["Timeout"] >= 55 + 30
+    assert webui_env == {"FUNCTION_TARGET": "webui", "REDIS_URL": "redis://wallet-1:6379/0",
+                         "RNG_URL": urls["rng"], "HASHER_URL": urls["hasher"],
+                         "WORKER_URL": urls["worker"], "UPSTREAM_AUTH": "aws-sigv4"}
+    assert "UPSTREAM_AUTH" not in first["functions"]["rng"]["Environment"]["Variables"]
 
     public = first["policies"]["webui"]["public-url"]
     assert public["Principal"] == "*" and public["Action"] == "lambda:InvokeFunctionUrl"
@@ -101,54 +130,109 @@ def test_deploy_update_destroy(moto_endpoint: str, capsys) -> None:
         assert statement["Action"] == "lambda:InvokeFunctionUrl"
         assert url_auth_type(statement) == "AWS_IAM"
 
-    rule = first["rule"]
+    [(name, rule)] = first["rules"].items()
+    assert name == f"{PREFIX}-worker-tick-1"
     assert (rule["ScheduleExpression"], rule["State"]) == ("rate(1 minute)", "ENABLED")
-    [target] = first["targets"]
+    [target] = rule["Targets"]
     assert target["Arn"] == first["functions"]["worker"]["FunctionArn"]
-    assert json.loads(target["Input"]) == {"seconds": 55}
-    invoke = first["policies"]["worker"]["eventbridge-tick"]
+    assert json.loads(target["Input"]) == {"seconds": TICK.seconds}
+    invoke = first["policies"]["worker"][name]
     assert invoke["Principal"] == {"Service": "events.amazonaws.com"}
     assert invoke["Action"] == "lambda:InvokeFunction"
     assert invoke["Condition"]["ArnLike"]["AWS:SourceArn"] == rule["Arn"]
 
     # Again, with other settings: the same resources, updated in place.
-    assert deploy(moto_endpoint, "--redis-url", "redis://wallet-2:6379/0", "--seconds", "50") == 0
+    assert deploy(moto_endpoint, layer, "--redis-url", "redis://wallet-2:6379/0",
+                  "--seconds", "50") == 0
     second = snapshot(moto_endpoint)
     assert set(second["functions"]) == set(NAMES)
-    assert {n: c["FunctionUrl"] for n, c in second["urls"].items()} == {
-        n: c["FunctionUrl"] for n, c in first["urls"].items()}
+    assert {n: c["FunctionUrl"] for n, c in second["urls"].items()} == urls
     assert {n: set(p) for n, p in second["policies"].items()} == {
         n: set(p) for n, p in first["policies"].items()}
-    assert second["rule"]["Arn"] == rule["Arn"] and len(second["targets"]) == 1
+    assert second["rules"][name]["Arn"] == rule["Arn"] and len(second["rules"]) == 1
     assert first["role_policies"] == second["role_policies"] == ["brkcoin-logs"]
-    assert json.loads(second["targets"][0]["Input"]) == {"seconds": 50}
+    assert json.loads(second["rules"][name]["Targets"][0]["Input"]) == {"seconds": 50}
     env = second["functions"]["worker"]["Environment"]["Variables"]
     assert env["REDIS_URL"] == "redis://wallet-2:6379/0"
 
     capsys.readouterr()
-    assert brkcoin(["destroy", "aws", "--endpoint-url", moto_endpoint, "--prefix", PREFIX]) == 0
-    assert "function brktest-worker" in capsys.readouterr().out
+    assert destroy(moto_endpoint) == 0
     assert functions(client(moto_endpoint, "lambda")) == {}
-    with pytest.raises(botocore.exceptions.ClientError, match="ResourceNotFound"):
-        client(moto_endpoint, "events").describe_rule(Name=f"{PREFIX}-worker-tick")
+    assert rules(moto_endpoint) == {}
     with pytest.raises(botocore.exceptions.ClientError, match="NoSuchEntity"):
         client(moto_endpoint, "iam").get_role(RoleName=f"{PREFIX}-lambda")
     # Destroying what is already gone is not an error.
-    assert brkcoin(["destroy", "aws", "--endpoint-url", moto_endpoint, "--prefix", PREFIX]) == 0
-    assert "nothing" in capsys.readouterr().out
+    assert destroy(moto_endpoint) == 0
 
 
-def test_unreachable_endpoint_is_a_clear_error(capsys) -> None:
+def test_n_workers_are_n_rules_each_invoking_the_worker(moto_endpoint: str, layer: str) -> None:
+    redis = ("--redis-url", "redis://wallet:6379/0")
+    try:
+        assert deploy(moto_endpoint, layer, *redis, "--workers", "3") == 0
+        found = snapshot(moto_endpoint)
+        worker = found["functions"]["worker"]["FunctionArn"]
+        assert sorted(found["rules"]) == [f"{PREFIX}-worker-tick-{n}" for n in (1, 2, 3)]
+        for name, rule in found["rules"].items():
+            [target] = rule["Targets"]
+            assert (target["Arn"], json.loads(target["Input"])) == (
+                worker, {"seconds": TICK.seconds})
+            allowed = found["policies"]["worker"][name]  # EventBridge may invoke it
+            assert allowed["Condition"]["ArnLike"]["AWS:SourceArn"] == rule["Arn"]
+
+        # Fewer workers: the rules beyond them go, with their permissions.
+        assert deploy(moto_endpoint, layer, *redis, "--workers", "1") == 0
+        found = snapshot(moto_endpoint)
+        assert list(found["rules"]) == [f"{PREFIX}-worker-tick-1"]
+        ticks = {sid for sid in found["policies"]["worker"] if "worker-tick" in sid}
+        assert ticks == {f"{PREFIX}-worker-tick-1"}
+    finally:
+        assert destroy(moto_endpoint) == 0
+
+
+def test_the_dry_run_is_the_plan_apply_carries_out(moto_endpoint: str, layer: str,
+                                                   capsys) -> None:
+    argv = ["--endpoint-url", moto_endpoint, "--prefix", PREFIX, "--no-vendor", "--layer",
+            layer, "--redis-url", "redis://wallet:6379/0", "--workers", "2"]
+    assert brkcoin(["deploy", "aws", "--dry-run", *argv]) == 0
+    printed = [line.split(". ", 1)[1] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("# ") and ". " in line[:6]]
+    try:
+        assert brkcoin(["deploy", "aws", *argv]) == 0
+        done = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines()
+                if line.startswith("[")]
+        assert done == printed
+        assert sum("EventBridge rule" in line for line in done) == 2
+    finally:
+        assert destroy(moto_endpoint) == 0
+
+
+def test_unreachable_endpoint_is_a_clear_error(layer: str, capsys) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    assert brkcoin(["deploy", "aws", "--endpoint-url", url, "--no-vendor"]) == 2
+    assert brkcoin(["deploy", "aws", "--endpoint-url", url, "--no-vendor", "--layer", layer,
+                    "--redis-url", "redis://wallet:6379/0"]) == 2
     err = capsys.readouterr().err
     assert f"no AWS API emulator answers at {url}" in err and "Traceback" not in err
 
 
-def test_real_aws_needs_a_redis_url(capsys, monkeypatch) -> None:
+@pytest.mark.parametrize("options, message", [
+    ([], "--redis-url is required"),
+    (["--redis-url", "wallet:6379"], "--redis-url must look like redis://HOST:6379/0"),
+    (["--redis-url", "redis://wallet:6379/0", "--no-vendor"], "--no-vendor needs --layer ARN"),
+    (["--redis-url", "redis://wallet:6379/0", "--seconds", "900"], "--seconds must be"),
+    (["--redis-url", "redis://wallet:6379/0", "--schedule", "* * * * *"],
+     "--schedule must be an EventBridge expression"),
+    (["--redis-url", "redis://wallet:6379/0", "--real-aws", "--endpoint-url", "http://x:1"],
+     "--real-aws and --endpoint-url exclude each other"),
+])
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []], ids=["dry-run", "apply"])
+def test_inputs_are_checked_up_front(options: list[str], message: str, dry_run: list[str],
+                                     capsys, monkeypatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    assert brkcoin(["deploy", "aws", "--real-aws", "--redis-url", ""]) == 2
-    assert "--redis-url" in capsys.readouterr().err
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert brkcoin(["deploy", "aws", *dry_run, *options]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"brkcoin deploy aws: {message}")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -156,7 +240,8 @@ def test_package_holds_the_folder_and_the_adapter(name: str) -> None:
     folder = FUNCTIONS[name].folder
     archive = zipfile.ZipFile(io.BytesIO(aws_package.build_zip(folder)))
     names = set(archive.namelist())
-    assert {"main.py", "requirements.txt", "brkcoin_lambda.py", "sigv4_proxy.py"} <= names
+    assert {"main.py", "requirements.txt", "brkcoin_lambda.py"} <= names
+    assert "sigv4_proxy.py" not in names  # the functions sign their own calls
     assert not any("__pycache__" in n for n in names)
     assert archive.read("main.py") == (folder / "main.py").read_bytes()
     # Same files, same bytes: a redeploy without changes keeps the CodeSha256.

@@ -125,21 +125,32 @@ def test_loadable_by_docker_stack_deploy(compose: dict) -> None:
     assert compose["services"]["rng"]["deploy"]["mode"] == "global"
 
 
-def test_deploy_compose_dry_run_prints_the_commands_and_the_file(capsys) -> None:
+def commands(out: str) -> list[str]:
+    """The command lines of a printed plan (the rest are `#` comments)."""
+    return [line for line in out.splitlines() if not line.startswith("#")]
+
+
+def test_deploy_compose_dry_run_prints_the_command(capsys) -> None:
     assert brkcoin(["deploy", "compose", "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert ("docker compose -f infra/container/compose.yaml -p brkcoin up --detach --build "
-            "--wait") in out
-    assert yaml.safe_load(out) == yaml.safe_load(COMPOSE.read_text())  # comments aside
+    assert commands(capsys.readouterr().out) == [
+        "REGISTRY=brkcoin TAG=latest docker compose -f infra/container/compose.yaml -p brkcoin "
+        "up --detach --build --wait --scale worker=1"]
+
+
+def test_workers_are_worker_replicas_each_posted_once_a_tick(capsys) -> None:
+    assert brkcoin(["deploy", "compose", "--dry-run", "--workers", "4"]) == 0
+    [up] = commands(capsys.readouterr().out)
+    assert up.endswith(" up --detach --build --wait --scale worker=4")
 
 
 def test_deploy_compose_swarm_dry_run(capsys) -> None:
-    assert brkcoin(["deploy", "compose", "--swarm", "--registry", "ghcr.io/me",
+    assert brkcoin(["deploy", "compose", "--swarm", "--registry", "ghcr.io/me", "--workers", "3",
                      "--dry-run"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# $ ")]
-    assert ["docker" + line.split(" docker", 1)[1] for line in lines] == [
-        "docker compose -f infra/container/compose.yaml -p brkcoin build",
-        "docker compose -f infra/container/compose.yaml -p brkcoin push",
-        "docker stack deploy --compose-file infra/container/compose.yaml brkcoin",
+    env = "REGISTRY=ghcr.io/me TAG=latest WORKER_HOST=tasks.worker "
+    assert commands(capsys.readouterr().out) == [
+        env + "docker compose -f infra/container/compose.yaml -p brkcoin build",
+        env + "docker compose -f infra/container/compose.yaml -p brkcoin push",
+        env + "docker stack deploy --compose-file infra/container/compose.yaml brkcoin",
+        # the file's literal replica count would win otherwise
+        "docker service scale brkcoin_worker=3",
     ]
-    assert "REGISTRY=ghcr.io/me TAG=latest WORKER_HOST=tasks.worker" in lines[0]

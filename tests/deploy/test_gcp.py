@@ -6,11 +6,9 @@ values in every option: test_gcp_injection.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -20,8 +18,12 @@ from pathlib import Path
 import pytest
 from fake_gcloud import FakeGcloud, expected_calls
 
+from brkcoin.cli import build_parser
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import gcp
+from brkcoin.deploy.plan import Operation
+from brkcoin.deploy.shell import Command, Each, Step, argv
+from brkcoin.layout import FUNCTIONS, TICK
 
 ARGS = ["--project", "demo", "--region", "europe-west1"]
 SA = "{}@demo.iam.gserviceaccount.com"
@@ -34,19 +36,21 @@ class Shown(dict[str, str]):
         return f"${{{name}}}"
 
 
-def shown(command: gcp.Command) -> list[str]:
-    return gcp.argv(command, Shown())
+def shown(command: Command) -> list[str]:
+    return argv(command, Shown())
 
 
-def plan(*extra: str) -> list[gcp.Step]:
-    parser = argparse.ArgumentParser()
-    gcp.add_deploy_arguments(parser)
-    args = parser.parse_args([*ARGS, *extra])
-    gcp.validate(args)
-    return gcp.deploy_plan(args)
+def plan(*extra: str, verb: str = "deploy") -> list[Operation]:
+    args = build_parser().parse_args([verb, "gcp", *ARGS, *extra])
+    made = gcp.deploy_plan(args) if verb == "deploy" else gcp.destroy_plan(args)
+    return list(made.operations)
 
 
-def flags(command: gcp.Command) -> dict[str, str]:
+def steps_of(operations: list[Operation]) -> list[Step]:
+    return [s for s in operations if isinstance(s, Step)]
+
+
+def flags(command: Command) -> dict[str, str]:
     out = {}
     for word in shown(command):
         if word.startswith("--"):
@@ -55,8 +59,8 @@ def flags(command: gcp.Command) -> dict[str, str]:
     return out
 
 
-def find(steps: list[gcp.Step], *prefix: str) -> list[gcp.Step]:
-    return [s for s in steps if tuple(s.command[:len(prefix)]) == prefix]
+def find(steps: list[Operation], *prefix: str) -> list[Step]:
+    return [s for s in steps_of(steps) if tuple(s.command[:len(prefix)]) == prefix]
 
 
 def test_apis_network_and_redis_come_first() -> None:
@@ -69,7 +73,7 @@ def test_apis_network_and_redis_come_first() -> None:
     [redis] = find(steps, "gcloud", "redis", "instances", "create")
     assert flags(redis.command)["--network"] == "projects/demo/global/networks/brkcoin"
     assert redis.check[:4] == ("gcloud", "redis", "instances", "describe")
-    [host] = [s for s in steps if s.capture == gcp.REDIS_HOST]
+    [host] = [s for s in steps_of(steps) if s.capture == gcp.REDIS_HOST]
     assert steps.index(host) > steps.index(redis)
 
 
@@ -84,6 +88,26 @@ def test_functions_are_private_but_the_web_ui() -> None:
         public = name == "webui"
         assert ("--allow-unauthenticated" in f) is public, name
         assert ("--no-allow-unauthenticated" in f) is not public, name
+
+
+def test_each_function_is_deployed_as_its_spec_says() -> None:
+    deploys = {s.command[3]: flags(s.command) for s in find(plan(), "gcloud", "run", "deploy")}
+    for name, f in deploys.items():
+        spec = FUNCTIONS[name]
+        assert f["--concurrency"] == str(spec.concurrency), name
+        assert f["--memory"] == f"{spec.memory}Mi", name
+        assert f["--min-instances"] == str(spec.min_instances), name
+        assert f["--max-instances"] == str(spec.max_instances), name
+        timeout = spec.timeout_for(TICK.seconds) if name == "worker" else spec.timeout
+        assert f["--timeout"] == str(timeout), name
+        env = dict(pair.split("=", 1) for pair in f["--set-env-vars"].split(","))
+        assert {k: env[k] for k in spec.defaults} == spec.defaults, name
+        assert set(spec.wiring) <= set(env), name
+    # The web UI probes every function: it gets all their URLs (and Redis').
+    webui = deploys["webui"]["--set-env-vars"]
+    assert ("REDIS_URL=redis://${REDIS_HOST}:6379/0,RNG_URL=${RNG_URL},HASHER_URL=${HASHER_URL},"
+            "WORKER_URL=${WORKER_URL}") in webui
+    assert "THREADS" not in " ".join(" ".join(shown(s.command)) for s in steps_of(plan()))
 
 
 def test_redis_is_reached_by_direct_vpc_egress() -> None:
@@ -122,29 +146,65 @@ def test_one_service_account_per_role_with_only_invoker_grants() -> None:
 
 def test_the_scheduler_calls_the_worker_with_oidc() -> None:
     [job] = find(plan(), "gcloud", "scheduler", "jobs", "create", "http")
+    assert job.command[5] == "brkcoin-worker-tick-1"
     for command in (job.command, job.if_exists):
         f = flags(command)
         assert f["--oidc-service-account-email"] == SA.format("brkcoin-scheduler")
         assert f["--oidc-token-audience"] == "${WORKER_URL}"
         assert f["--uri"] == "${WORKER_URL}/" and f["--http-method"] == "POST"
-        assert json.loads(f["--message-body"]) == {"seconds": 55}
-        assert f["--schedule"] == "* * * * *"
+        assert json.loads(f["--message-body"]) == {"seconds": TICK.seconds}
+        assert f["--schedule"] == TICK.cron
     assert job.if_exists[:5] == ("gcloud", "scheduler", "jobs", "update", "http")
+
+
+def test_n_workers_are_n_scheduler_jobs_each_with_its_oidc_token() -> None:
+    steps = plan("--workers", "3")
+    jobs = find(steps, "gcloud", "scheduler", "jobs", "create", "http")
+    assert [j.command[5] for j in jobs] == [f"brkcoin-worker-tick-{n}" for n in (1, 2, 3)]
+    assert [j.check[4] for j in jobs] == [j.command[5] for j in jobs]  # each guarded
+    assert all(flags(j.command)["--oidc-token-audience"] == "${WORKER_URL}" for j in jobs)
+    # then the jobs beyond the 3 are listed and deleted
+    [listing] = find(steps, "gcloud", "scheduler", "jobs", "list")
+    assert flags(listing.command)["--filter"] == (
+        'name~"/jobs/brkcoin-worker-tick(-[0-9]+)?$" AND '
+        'NOT name~"/jobs/brkcoin-worker-tick-(1|2|3)$"')
+    assert listing.capture == gcp.STALE_JOBS and listing.may_be_empty
+    assert steps.index(listing) > steps.index(jobs[-1])
+    [each] = [s for s in steps if isinstance(s, Each)]
+    assert each.items == gcp.STALE_JOBS and shown(each.command)[:5] == [
+        "gcloud", "scheduler", "jobs", "delete", "${JOB}"]
+
+
+def test_a_smaller_deploy_deletes_the_jobs_beyond_n(tmp_path: Path, capsys) -> None:
+    assert brkcoin(["deploy", "gcp", "--dry-run", "--workers", "2", *ARGS]) == 0
+    stale = "brkcoin-worker-tick-3 brkcoin-worker-tick-4"  # what gcloud would list
+    calls = FakeGcloud.install(tmp_path).run_script(capsys.readouterr().out, True, jobs=stale)
+    assert calls == expected_calls(plan("--workers", "2"), True, jobs=stale)
+    deleted = [c[3] for c in calls if c[:3] == ["scheduler", "jobs", "delete"]]
+    assert deleted == ["brkcoin-worker-tick-3", "brkcoin-worker-tick-4"]
 
 
 def test_variables_are_set_before_use() -> None:
     known: set[gcp.Var] = set()
     used: set[gcp.Var] = set()
     for step in plan("--backend-access", "network") + plan():
-        parts = [p for w in step.check + step.command + step.if_exists
-                 for p in (w if isinstance(w, tuple) else (w,))]
+        if isinstance(step, Each):
+            assert step.items in known, step
+            known.add(step.item)
+            words = step.command
+        else:
+            assert isinstance(step, Step)
+            words = step.check + step.command + step.if_exists
+        parts = [p for w in words for p in (w if isinstance(w, tuple) else (w,))]
         variables = {p for p in parts if isinstance(p, gcp.Var)}
         assert variables <= known, step
-        assert not any("$" in p for p in parts if isinstance(p, str)), step  # text is text
+        assert not any("$" in p for p in parts if isinstance(p, str)
+                       and not p.startswith("--filter=")), step  # text is text
         used |= variables
-        if step.capture:
+        if isinstance(step, Step) and step.capture:
             known.add(step.capture)
-    assert {v.name for v in used} == {"REDIS_HOST", "RNG_URL", "HASHER_URL", "WORKER_URL"}
+    assert {v.name for v in used} == {"REDIS_HOST", "RNG_URL", "HASHER_URL", "WORKER_URL",
+                                      "JOB"}
 
 
 def test_network_private_backends() -> None:
@@ -208,14 +268,17 @@ def test_inputs_are_checked(missing: list[str], message: str, capsys, monkeypatc
     assert message in capsys.readouterr().err
 
 
-def test_destroy_plan_removes_what_deploy_made(capsys) -> None:
+def test_destroy_plan_removes_what_deploy_made(tmp_path: Path, capsys) -> None:
     assert brkcoin(["destroy", "gcp", "--dry-run", *ARGS]) == 0
-    lines = capsys.readouterr().out.splitlines()[1:]
-    deleted = [shlex.split(line.split("&&", 1)[1])[:5] for line in lines]
-    assert [d[1:3] for d in deleted] == [["scheduler", "jobs"]] + [["run", "services"]] * 4 + [
-        ["iam", "service-accounts"]] * 5 + [["redis", "instances"], ["compute", "networks"],
-                                            ["compute", "networks"]]
-    assert all("delete" in d for d in deleted)
+    jobs = "brkcoin-worker-tick-1 brkcoin-worker-tick-2 brkcoin-worker-tick"
+    calls = FakeGcloud.install(tmp_path).run_script(capsys.readouterr().out, True, jobs=jobs)
+    assert calls == expected_calls(plan(verb="destroy"), True, jobs=jobs)
+    deleted = [c[:4] if c[1] == "jobs" else c[:2] for c in calls if "delete" in c]
+    assert deleted == [["scheduler", "jobs", "delete", job] for job in jobs.split()] + [
+        ["run", "services"]] * 4 + [["iam", "service-accounts"]] * 5 + [
+        ["redis", "instances"], ["compute", "networks"], ["compute", "networks"]]
+    [listing] = find(plan(verb="destroy"), "gcloud", "scheduler", "jobs", "list")
+    assert flags(listing.command)["--filter"] == 'name~"/jobs/brkcoin-worker-tick(-[0-9]+)?$"'
 
 
 VERBS = ("create", "deploy", "describe", "enable", "update", "add-iam-policy-binding", "delete")
@@ -245,13 +308,10 @@ def _help_flags(path: tuple[str, ...]) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud not installed")
 def test_every_flag_is_known_to_the_installed_gcloud(tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    gcp.add_destroy_arguments(parser)
-    steps = (plan() + plan("--backend-access", "network")
-             + gcp.destroy_plan(parser.parse_args(ARGS)))
+    steps = plan() + plan("--backend-access", "network") + plan(verb="destroy")
     by_path: dict[tuple[str, ...], set[str]] = {}
     for step in steps:
-        for command in (step.command, step.check, step.if_exists):
+        for command in (step.command, getattr(step, "check", ()), getattr(step, "if_exists", ())):
             if command:
                 path = _command_path(shown(command)[1:])
                 by_path.setdefault(path, set()).update(flags(command))

@@ -16,6 +16,8 @@ from fake_gcloud import FakeGcloud, expected_calls
 from brkcoin.cli import build_parser
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import gcp
+from brkcoin.deploy.plan import Plan, show
+from brkcoin.deploy.shell import Command, Each, Step, items_of, join, shell_word
 
 PAYLOADS = {  # {marker} is replaced by the path of a file that must never appear
     "dollar-paren": "$(touch {marker})",
@@ -81,8 +83,8 @@ def test_every_option_refuses_or_passes_the_value_intact(
     assert not marker.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "gcloud.log", "plan.sh"]
     args = build_parser().parse_args(argv)
-    steps = gcp.deploy_plan(args) if verb == "deploy" else gcp.destroy_plan(args)
-    assert calls == expected_calls(steps, exists)
+    plan = gcp.deploy_plan(args) if verb == "deploy" else gcp.destroy_plan(args)
+    assert calls == expected_calls(plan.operations, exists)
     if verb == "deploy":  # destroy has no use for the deploy-only options
         assert any(value in word for call in calls for word in call)
 
@@ -128,7 +130,7 @@ def test_good_values_are_taken(option: str, value: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
     together = TOGETHER if option in TOGETHER else {}
     assert dry_run("deploy", {**REQUIRED, **together, option: value})[1] == 0
-    assert gcp.shell_word(f"{option}={value}") in capsys.readouterr().out
+    assert shell_word(f"{option}={value}") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("exists", [False, True], ids=["fresh", "again"])
@@ -139,23 +141,30 @@ def test_quoting_holds_for_any_text_and_any_captured_value(tmp_path: Path,
     as data, never parsed again."""
     texts = [hostile(payload, tmp_path)[0] for payload in PAYLOADS.values()]
     host = gcp.REDIS_HOST
-    words: gcp.Command = (*texts, gcp.join("--x=", host, texts[0]), gcp.join(texts[-1], host),
-                          "", "-")
+    words: Command = (*texts, join("--x=", host, texts[0]), join(texts[-1], host), "", "-")
     steps = [
-        gcp.Step(("gcloud", "redis", "instances", "describe", "w", "--format=value(host)"),
-                 capture=host),
-        gcp.Step(("gcloud", "run", "deploy", *words)),
-        gcp.Step(("gcloud", "x", "delete", *words), check=("gcloud", "x", "describe", *words),
-                 only_if_exists=True),
-        gcp.Step(("gcloud", "x", "create", *words), check=("gcloud", "x", "describe", *words)),
-        gcp.Step(("gcloud", "x", "create", *words), check=("gcloud", "x", "describe", *words),
-                 if_exists=("gcloud", "x", "update", *words)),
+        Step(texts[0], ("gcloud", "redis", "instances", "describe", "w",
+                        "--format=value(host)"), capture=host),
+        Step(texts[1], ("gcloud", "run", "deploy", *words)),
+        Step(texts[2], ("gcloud", "x", "delete", *words),
+             check=("gcloud", "x", "describe", *words), only_if_exists=True),
+        Step(texts[3], ("gcloud", "x", "create", *words),
+             check=("gcloud", "x", "describe", *words)),
+        Step(texts[6], ("gcloud", "x", "create", *words),
+             check=("gcloud", "x", "describe", *words),
+             if_exists=("gcloud", "x", "update", *words)),
+        Step(texts[5], ("gcloud", "scheduler", "jobs", "list"), capture=gcp.STALE_JOBS,
+             may_be_empty=True),
+        Each(texts[7], gcp.STALE_JOBS, gcp.JOB, ("gcloud", "x", "delete", gcp.JOB, *words)),
     ]
     printed_host = "10.0.0.3" + "".join(texts)
+    jobs = "*\n" + "\n".join(texts)  # listed items: each is split off, never expanded
     fake = FakeGcloud.install(tmp_path)
-    calls = fake.run_script(gcp.script(steps, "deploy"), exists, host=printed_host)
+    script = show(Plan(texts[-1], tuple(steps), (texts[4],)))  # hostile descriptions too
+    calls = fake.run_script(script, exists, host=printed_host, jobs=jobs)
     assert not (tmp_path / "pwned").exists()
-    assert calls == expected_calls(steps, exists, host=printed_host)
+    assert calls == expected_calls(steps, exists, host=printed_host, jobs=jobs)
+    assert calls[-len(items_of(jobs))][:3] == ["x", "delete", "*"]  # not the files here
     assert ["run", "deploy", *texts, f"--x={printed_host}{texts[0]}",
             texts[-1] + printed_host, "", "-"] in calls
 
@@ -172,5 +181,6 @@ def test_deploy_without_a_shell_passes_values_intact(
     assert brkcoin(argv) == 0
     assert not marker.exists()
     calls = fake.calls()
-    assert calls[1:] == expected_calls(gcp.deploy_plan(build_parser().parse_args(argv)), False)
+    plan = gcp.deploy_plan(build_parser().parse_args(argv))
+    assert calls[1:] == expected_calls(plan.operations, False)
     assert sum(f"--base-image=python312{text}" in call for call in calls) == 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import shlex
 import shutil
 import subprocess
 import urllib.request
@@ -23,15 +24,16 @@ from deploy_support import NO_DELAYS, spawn_in, wait_http
 
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import k8s
-from brkcoin.layout import FUNCTIONS, ROOT
+from brkcoin.layout import FUNCTIONS, ROOT, TICK
 from brkcoin.processes import free_port, stop
 
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and newest schemas we promise
 FUNCTION_NAMES = tuple(FUNCTIONS)
+# (Values the spec gives, file by file: test_spec_files.py.)
 
 
-def rendered(variant: str) -> list[dict[str, Any]]:
-    return k8s.render(variant)
+def rendered(variant: str, workers: int = 1) -> list[dict[str, Any]]:
+    return k8s.render(variant, workers=workers)
 
 
 def by_kind(documents: list[dict], kind: str) -> dict[str, dict]:
@@ -75,9 +77,10 @@ def validate(document: dict) -> None:
             kubernetes_validate.validate(document, version, strict=True)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("variant", k8s.VARIANTS)
-def test_every_manifest_validates(variant: str) -> None:
-    documents = rendered(variant)
+def test_every_manifest_validates(variant: str, workers: int) -> None:
+    documents = rendered(variant, workers)
     assert documents
     for document in documents:
         validate(document)
@@ -128,8 +131,9 @@ def test_knative_services_autoscale_on_concurrency() -> None:
         annotations = template["metadata"]["annotations"]
         assert annotations["autoscaling.knative.dev/metric"] == "concurrency"
         assert int(annotations["autoscaling.knative.dev/max-scale"]) >= 1
-        assert int(annotations["autoscaling.knative.dev/target"]) <= (
-            template["spec"]["containerConcurrency"])
+        # Knative aims at 70% of containerConcurrency when no target is given.
+        assert "autoscaling.knative.dev/target" not in annotations
+        assert template["spec"]["containerConcurrency"] >= 1
         visibility = service["metadata"]["labels"].get("networking.knative.dev/visibility")
         assert visibility == (None if name == "webui" else "cluster-local"), name
         image = template["spec"]["containers"][0]["image"]
@@ -138,9 +142,11 @@ def test_knative_services_autoscale_on_concurrency() -> None:
 
 def test_pingsource_ticks_the_cloudevent_target() -> None:
     documents = rendered("knative")
-    ping = by_kind(documents, "PingSource")["worker-tick"]
-    assert ping["spec"]["schedule"] == "* * * * *"
-    assert json.loads(ping["spec"]["data"]) == {"seconds": 55}
+    [ping] = by_kind(documents, "PingSource").values()
+    assert ping["metadata"]["name"] == "worker-tick-1"
+    assert ping["metadata"]["labels"]["brkcoin/slot"] == "1"
+    assert ping["spec"]["schedule"] == TICK.cron
+    assert json.loads(ping["spec"]["data"]) == {"seconds": TICK.seconds}
     sink = ping["spec"]["sink"]["ref"]
     assert (sink["apiVersion"], sink["kind"], sink["name"]) == (
         "serving.knative.dev/v1", "Service", "worker-event")
@@ -148,6 +154,45 @@ def test_pingsource_ticks_the_cloudevent_target() -> None:
         "containers"][0]
     assert container["args"] == ["functions-framework", "--target", "worker_event",
                                  "--source", "functions/worker/main.py", "--port", "8080"]
+
+
+def test_knative_fans_out_one_pingsource_per_worker() -> None:
+    one, three = rendered("knative"), rendered("knative", workers=3)
+    pings = by_kind(three, "PingSource")
+    assert list(pings) == ["worker-tick-1", "worker-tick-2", "worker-tick-3"]
+    assert [p["metadata"]["labels"]["brkcoin/slot"] for p in pings.values()] == ["1", "2", "3"]
+    first = by_kind(one, "PingSource")["worker-tick-1"]
+    for ping in pings.values():  # copies of the file's one, but for name and slot
+        assert ping["spec"] == first["spec"]
+    others = [d for d in three if d["kind"] != "PingSource"]
+    assert others == [d for d in one if d["kind"] != "PingSource"]
+    # N events at once take N / containerConcurrency worker-event pods
+    event = by_kind(three, "Service")["worker-event"]["spec"]["template"]["spec"]
+    assert event["containerConcurrency"] == FUNCTIONS["worker"].concurrency
+
+
+def test_knative_deploy_deletes_the_pingsources_beyond_n(capsys) -> None:
+    assert brkcoin(["deploy", "k8s", "--dry-run", "--workers", "3"]) == 0
+    out = capsys.readouterr().out
+    manifests = out.split("<<'BRKCOIN_END_OF_INPUT'\n", 1)[1].split("BRKCOIN_END_OF_INPUT")[0]
+    assert [d for d in yaml.safe_load_all(manifests) if d] == rendered("knative", 3)
+    prune = [line for line in out.splitlines() if line.startswith("kubectl") and "delete" in line]
+    assert shlex.split(prune[0]) == [
+        "kubectl", "--namespace", "brkcoin", "delete", "pingsources.sources.knative.dev",
+        "--ignore-not-found", "--selector",
+        "app.kubernetes.io/part-of=brkcoin,brkcoin/slot notin (1,2,3)"]
+
+
+@pytest.mark.parametrize("workers, pods", [(1, 1), (8, 1), (9, 2), (80, 10)])
+def test_plain_fans_out_the_cronjob_and_starts_the_pods_it_needs(workers: int,
+                                                                 pods: int) -> None:
+    documents = rendered("plain", workers)
+    job = by_kind(documents, "CronJob")["worker-tick"]["spec"]["jobTemplate"]["spec"]
+    assert (job["parallelism"], job["completions"], job["backoffLimit"]) == (
+        workers, workers, workers)
+    assert by_kind(documents, "Deployment")["worker"]["spec"]["replicas"] == pods
+    hpa = by_kind(documents, "HorizontalPodAutoscaler")["worker"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (pods, FUNCTIONS["worker"].max_instances)
 
 
 def test_redis_statefulset_keeps_its_aof_on_a_claim() -> None:
@@ -178,9 +223,12 @@ def test_plain_variant_scales_and_schedules() -> None:
     for name, hpa in by_kind(documents, "HorizontalPodAutoscaler").items():
         assert hpa["spec"]["scaleTargetRef"]["name"] in deployments, name
     cron = by_kind(documents, "CronJob")["worker-tick"]
-    args = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[-1] == "http://worker.brkcoin.svc.cluster.local/"
-    assert json.loads(args[args.index("--data") + 1]) == {"seconds": 55}
+    assert cron["spec"]["schedule"] == TICK.cron
+    [tick] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert tick["image"] == "buildpack-deps:bookworm-curl"  # compose's scheduler's curl
+    command = tick["command"]
+    assert command[0] == "curl" and command[-1] == "http://worker.brkcoin.svc.cluster.local/"
+    assert json.loads(command[command.index("--data") + 1]) == {"seconds": TICK.seconds}
     assert by_kind(documents, "Service")["worker"]["spec"]["ports"][0]["port"] == 80
 
 
@@ -188,7 +236,7 @@ def test_registry_and_tag_reach_every_function_image() -> None:
     images = {c["image"] for _, spec in pod_specs(k8s.render("plain", "ghcr.io/me/", "v2"))
               for c in spec["containers"]}
     assert images == {"ghcr.io/me/rng:v2", "ghcr.io/me/hasher:v2", "ghcr.io/me/worker:v2",
-                      "ghcr.io/me/webui:v2", "redis:7.4-alpine", "curlimages/curl:8.11.1"}
+                      "ghcr.io/me/webui:v2", "redis:7.4-alpine", "buildpack-deps:bookworm-curl"}
 
 
 def _identity(document: dict) -> tuple:
@@ -205,11 +253,17 @@ def test_renderer_agrees_with_kubectl_kustomize(variant: str) -> None:
     assert ours == theirs
 
 
-def test_dry_run_writes_the_manifests(tmp_path: Path, capsys) -> None:
+def test_out_writes_the_manifests_and_applies_nothing(tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
     out = tmp_path / "brkcoin.yaml"
-    assert brkcoin(["deploy", "k8s", "--variant", "plain", "--dry-run", "--out", str(out)]) == 0
-    assert "kubectl apply -f" in capsys.readouterr().out
-    assert [d for d in yaml.safe_load_all(out.read_text()) if d] == rendered("plain")
+    argv = ["deploy", "k8s", "--variant", "plain", "--workers", "2", "--out", str(out)]
+    assert brkcoin([*argv, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"cat > {out} <<" in printed and not out.exists()  # a dry run writes nothing
+    monkeypatch.setenv("PATH", str(tmp_path))  # no kubectl needed: none on this PATH
+    assert brkcoin(argv) == 0
+    assert f"kubectl apply -f {out}" in capsys.readouterr().out
+    assert [d for d in yaml.safe_load_all(out.read_text()) if d] == rendered("plain", 2)
 
 
 @pytest.mark.slow
@@ -228,7 +282,7 @@ def test_the_knative_event_command_takes_a_pingsource_event(
     process = spawn_in(command, ROOT, env, tmp_path / "worker-event.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/")
-        ping = by_kind(rendered("knative"), "PingSource")["worker-tick"]
+        ping = by_kind(rendered("knative"), "PingSource")["worker-tick-1"]
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/", method="POST", data=b'{"seconds": 0.3}',
             headers={"Content-Type": ping["spec"]["contentType"], "ce-specversion": "1.0",

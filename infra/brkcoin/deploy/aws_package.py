@@ -4,6 +4,10 @@ The zip's root is the folder itself (main.py, requirements.txt, static files)
 plus infra/aws/brkcoin_lambda.py; vendored dependencies, when asked for, are
 installed with `pip install --target` for the Lambda platform and cached under
 .brkcoin/aws/deps/ by the hash of what they were built from.
+
+botocore, which the worker's UPSTREAM_AUTH=aws-sigv4 (and the web UI's signed
+probes) import, is not vendored and not in any requirements.txt: the Lambda Python
+runtime ships it, and no other target uses that mode.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from brkcoin.deploy.common import AWS_DIR, DeployError
 from brkcoin.layout import ROOT
 
 ADAPTER = AWS_DIR / "brkcoin_lambda.py"
-SIGNER = AWS_DIR / "sigv4_proxy.py"  # botocore, which it needs, is in Lambda's runtime
 ADAPTER_REQUIREMENTS = AWS_DIR / "requirements.txt"
 HANDLER = "brkcoin_lambda.handler"
 RUNTIME: Final = "python3.12"
@@ -95,6 +98,5 @@ def build_zip(folder: Path, dependencies: Path | None = None) -> bytes:
                     _add(archive, path, path.relative_to(dependencies).as_posix())
         for path in _files(folder):
             _add(archive, path, path.relative_to(folder).as_posix())
-        for module in (ADAPTER, SIGNER):
-            _add(archive, module, module.name)
+        _add(archive, ADAPTER, ADAPTER.name)
     return buffer.getvalue()

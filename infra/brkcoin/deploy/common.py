@@ -1,8 +1,7 @@
-"""What every deploy target shares: clear errors, tool checks, command runs."""
+"""What every deploy target shares: clear errors, tool checks, quiet probes."""
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -25,19 +24,6 @@ def require_tool(name: str, hint: str) -> str:
     if not found:
         raise DeployError(f"`{name}` is not installed or not on PATH: {hint}")
     return found
-
-
-def shell_line(command: Sequence[str]) -> str:
-    """One command as a line a POSIX shell runs unchanged."""
-    return shlex.join(command)
-
-
-def run(command: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
-    """Run a command with its output on the terminal; a failure becomes a DeployError."""
-    print(f"+ {shell_line(command)}", flush=True)
-    result = subprocess.run(list(command), cwd=cwd, env=env, check=False)
-    if result.returncode != 0:
-        raise DeployError(f"`{shell_line(command)}` failed with exit code {result.returncode}")
 
 
 def capture(command: Sequence[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

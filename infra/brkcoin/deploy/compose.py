@@ -1,18 +1,17 @@
-"""`brkcoin deploy compose`: the whole system on one Docker engine, or a Swarm stack."""
+"""`brkcoin deploy compose`: the whole system on one Docker engine, or a Swarm stack.
+
+Fan-out: the compose file's scheduler POSTs every worker replica once a tick, so
+`--workers N` is N worker replicas (`--scale worker=N`, or `docker service scale`
+in a swarm, where the file's literal replica count would otherwise win).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 
-from brkcoin.deploy.common import (
-    CONTAINER_DIR,
-    DeployError,
-    capture,
-    require_tool,
-    run,
-    shell_line,
-)
+from brkcoin.deploy.common import CONTAINER_DIR, DeployError, capture, require_tool
+from brkcoin.deploy.plan import Plan
+from brkcoin.deploy.shell import Step
 from brkcoin.layout import ROOT
 
 COMPOSE_FILE = CONTAINER_DIR / "compose.yaml"
@@ -40,38 +39,14 @@ def add_destroy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _file() -> str:
-    return str(COMPOSE_FILE.relative_to(ROOT))
+    return COMPOSE_FILE.relative_to(ROOT).as_posix()
 
 
-def deploy_commands(args: argparse.Namespace) -> list[list[str]]:
-    """The docker commands, in order, run from the repository root."""
-    compose = ["docker", "compose", "-f", _file(), "-p", args.project]
-    if not args.swarm:
-        return [compose + ["up", "--detach", "--build", "--wait"]]
-    commands = [compose + ["build"]]
-    if args.registry:
-        commands.append(compose + ["push"])
-    # Swarm reads the same file; images must already exist on (or be pullable by) every node.
-    commands.append(["docker", "stack", "deploy", "--compose-file", _file(), args.project])
-    return commands
-
-
-def destroy_commands(args: argparse.Namespace) -> list[list[str]]:
-    if args.swarm:
-        return [["docker", "stack", "rm", args.project]]
-    down = ["docker", "compose", "-f", _file(), "-p", args.project, "down", "--remove-orphans"]
-    if args.volumes:
-        down.append("--volumes")
-    return [down]
-
-
-def _env(args: argparse.Namespace) -> dict[str, str]:
+def _env(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     """The variables compose.yaml interpolates: the image names and, in swarm, the
     name the scheduler resolves to every worker replica (`worker` is one VIP there)."""
-    env = {"REGISTRY": args.registry.rstrip("/") or "brkcoin", "TAG": args.tag}
-    if args.swarm:
-        env["WORKER_HOST"] = "tasks.worker"
-    return env
+    env = (("REGISTRY", args.registry.rstrip("/") or "brkcoin"), ("TAG", args.tag))
+    return env + ((("WORKER_HOST", "tasks.worker"),) if args.swarm else ())
 
 
 def _check_docker() -> None:
@@ -83,37 +58,43 @@ def _check_docker() -> None:
             f"the Docker engine is not reachable ({last}); start it, or use --dry-run")
 
 
-def _print_plan(commands: list[list[str]], env: dict[str, str], show_file: bool) -> None:
-    prefix = " ".join(f"{k}={v}" for k, v in env.items())
-    print("# from the repository root, brkcoin would run:")
-    for command in commands:
-        print(f"# $ {prefix} {shell_line(command)}")
-    if show_file:
-        print(f"# {_file()}:")
-        print(COMPOSE_FILE.read_text(), end="")
+def _plan(title: str, steps: list[Step], done: str = "") -> Plan:
+    return Plan(title, tuple(steps), ("from the repository root; a bash script as printed",),
+                preflight=_check_docker, outcome=lambda values: done)
 
 
-def _execute(commands: list[list[str]], env: dict[str, str]) -> None:
-    _check_docker()
-    for command in commands:
-        run(command, env={**os.environ, **env})
+def deploy_plan(args: argparse.Namespace) -> Plan:
+    compose = ("docker", "compose", "-f", _file(), "-p", args.project)
+    env, workers = _env(args), args.workers
+    if not args.swarm:
+        return _plan("brkcoin deploy compose", [Step(
+            f"build the images, start every service with {workers} worker replica(s) "
+            "(one invocation each per tick), wait until healthy",
+            (*compose, "up", "--detach", "--build", "--wait", "--scale", f"worker={workers}"),
+            env=env)], "brkcoin is up: web UI on http://localhost:8000")
+    steps = [Step("build the images", (*compose, "build"), env=env)]
+    if args.registry:
+        steps.append(Step(f"push them to {args.registry}", (*compose, "push"), env=env))
+    # Swarm reads the same file; images must already exist on (or be pullable by) every node.
+    steps.append(Step(f"deploy the stack {args.project}",
+                      ("docker", "stack", "deploy", "--compose-file", _file(), args.project),
+                      env=env))
+    if workers != 1:
+        steps.append(Step(f"run {workers} worker replicas (one invocation each per tick)",
+                          ("docker", "service", "scale", f"{args.project}_worker={workers}")))
+    return _plan("brkcoin deploy compose --swarm", steps,
+                 f"stack {args.project} deployed: `docker stack services {args.project}`")
 
 
-def deploy(args: argparse.Namespace) -> int:
-    commands, env = deploy_commands(args), _env(args)
-    if args.dry_run:
-        _print_plan(commands, env, show_file=True)
-        return 0
-    _execute(commands, env)
-    print("brkcoin is up: web UI on http://localhost:8000" if not args.swarm
-          else f"stack {args.project} deployed: `docker stack services {args.project}`")
-    return 0
-
-
-def destroy(args: argparse.Namespace) -> int:
-    commands, env = destroy_commands(args), _env(args)
-    if args.dry_run:
-        _print_plan(commands, env, show_file=False)
-        return 0
-    _execute(commands, env)
-    return 0
+def destroy_plan(args: argparse.Namespace) -> Plan:
+    if args.swarm:
+        return _plan("brkcoin destroy compose --swarm", [Step(
+            f"remove the stack {args.project}", ("docker", "stack", "rm", args.project))])
+    down: tuple[str, ...] = ("docker", "compose", "-f", _file(), "-p", args.project, "down",
+                             "--remove-orphans")
+    what = "stop and remove the containers and networks"
+    if args.volumes:
+        down, what = (*down, "--volumes"), what + ", and the wallet volume: all coins are lost"
+    else:
+        what += " (the wallet volume stays)"
+    return _plan("brkcoin destroy compose", [Step(what, down, env=_env(args))])

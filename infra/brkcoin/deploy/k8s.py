@@ -1,29 +1,41 @@
 """`brkcoin deploy k8s`: the Knative (default) or plain-Kubernetes manifests.
 
 The manifests are Kustomize directories (`kubectl apply -k` works on them as they
-are). brkcoin renders the small subset it uses itself (`resources` and `images`),
-so a dry run needs no kubectl and the image registry/tag can be set per deploy.
+are: one worker). brkcoin renders the small subset it uses itself (`resources`
+and `images`), so a dry run needs no kubectl, and sets per deploy the image
+registry/tag and the fan-out:
+
+- knative: one PingSource per worker (worker-tick-1 .. N, each labelled with its
+  slot), and the PingSources beyond N deleted;
+- plain: the CronJob's Job runs N pods at once (parallelism = completions = N),
+  and the worker starts with the pods N invocations need (its HPA's minReplicas).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import copy
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from brkcoin.deploy.common import K8S_DIR, DeployError, capture, require_tool, shell_line
+from brkcoin.deploy.common import K8S_DIR, DeployError, capture, require_tool
+from brkcoin.deploy.plan import Operation, Plan
+from brkcoin.deploy.shell import Step, WriteFile
+from brkcoin.layout import FUNCTIONS
 
 VARIANTS = ("knative", "plain")
 KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "images"}
 KNATIVE_CRDS = ("services.serving.knative.dev", "pingsources.sources.knative.dev")
 KUBECTL_HINT = "install kubectl (https://kubernetes.io/docs/tasks/tools/), or use --dry-run"
+NAMESPACE = "brkcoin"
+SLOT = "brkcoin/slot"  # the label that numbers the PingSources
 
 
-def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=VARIANTS, default="knative",
                         help="knative (Knative Serving + Eventing, default) or plain "
                              "(Deployments, HPA, CronJob)")
@@ -31,12 +43,17 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the images were pushed, e.g. ghcr.io/me (default: brkcoin/)")
     parser.add_argument("--tag", default="latest", help="image tag (default: latest)")
     parser.add_argument("--context", default="", help="kubectl context (default: the current one)")
+
+
+def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
     parser.add_argument("--out", type=Path,
-                        help="with --dry-run: write the manifests to this file instead of stdout")
+                        help="write the manifests to this file instead of applying them "
+                             "(kubectl apply -f FILE applies them later)")
 
 
 def add_destroy_arguments(parser: argparse.ArgumentParser) -> None:
-    add_deploy_arguments(parser)
+    _common_arguments(parser)
 
 
 def load_kustomization(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -95,7 +112,38 @@ def set_images(documents: list[dict[str, Any]], images: list[dict[str, str]]) ->
                 container["image"] = f"{name}:{tag}" if tag else name
 
 
-def render(variant: str, registry: str = "", tag: str = "latest") -> list[dict[str, Any]]:
+def _by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in documents if d["kind"] == kind}
+
+
+def fan_out(documents: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """The manifests with `workers` worker invocations per tick (the files have one)."""
+    pings = _by_kind(documents, "PingSource")
+    if pings:  # knative: worker-tick-1 .. worker-tick-N
+        first = pings["worker-tick-1"]
+        copies = []
+        for slot in range(1, workers + 1):
+            ping = copy.deepcopy(first)
+            ping["metadata"]["name"] = f"worker-tick-{slot}"
+            ping["metadata"]["labels"][SLOT] = str(slot)
+            copies.append(ping)
+        at = documents.index(first)
+        return documents[:at] + copies + [d for d in documents[at + 1:]
+                                          if d["kind"] != "PingSource"]
+    job = _by_kind(documents, "CronJob")["worker-tick"]["spec"]["jobTemplate"]["spec"]
+    job.update(parallelism=workers, completions=workers, backoffLimit=workers)
+    # Pods for N invocations from the start: the ones an autoscaler adds later
+    # would get no request until the connections of a tick end.
+    worker = FUNCTIONS["worker"]
+    pods = min(worker.max_instances, max(1, worker.min_instances,
+                                         math.ceil(workers / worker.concurrency)))
+    _by_kind(documents, "Deployment")["worker"]["spec"]["replicas"] = pods
+    _by_kind(documents, "HorizontalPodAutoscaler")["worker"]["spec"]["minReplicas"] = pods
+    return documents
+
+
+def render(variant: str, registry: str = "", tag: str = "latest",
+           workers: int = 1) -> list[dict[str, Any]]:
     """The manifests `brkcoin deploy k8s` applies, images pointed at registry:tag."""
     if variant not in VARIANTS:
         raise DeployError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -105,67 +153,61 @@ def render(variant: str, registry: str = "", tag: str = "latest") -> list[dict[s
         prefix = registry.rstrip("/")
         images = [dict(i, newName=f"{prefix}/{i['name'].split('/')[-1]}") for i in images]
     set_images(documents, images)
-    return documents
+    return fan_out(documents, workers)
 
 
 def to_yaml(documents: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True)
 
 
-def _kubectl(args: argparse.Namespace) -> list[str]:
-    return ["kubectl"] + (["--context", args.context] if args.context else [])
+def _kubectl(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("kubectl",) + (("--context", args.context) if args.context else ())
 
 
 def _check_cluster(args: argparse.Namespace) -> None:
     require_tool("kubectl", KUBECTL_HINT)
-    probe = capture(_kubectl(args) + ["version", "--request-timeout=10s", "-o", "json"])
+    probe = capture([*_kubectl(args), "version", "--request-timeout=10s", "-o", "json"])
     if probe.returncode != 0 or '"serverVersion"' not in probe.stdout:
         last = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
         raise DeployError(f"no Kubernetes cluster reachable through kubectl ({last})")
     if args.variant == "knative":
-        crds = capture(_kubectl(args) + ["get", "crd", *KNATIVE_CRDS, "-o", "name"])
+        crds = capture([*_kubectl(args), "get", "crd", *KNATIVE_CRDS, "-o", "name"])
         if crds.returncode != 0:
             raise DeployError("Knative Serving and Eventing are not installed in this cluster "
                               "(their CRDs are missing): install them, or use --variant plain")
 
 
-def _apply(args: argparse.Namespace, verb: list[str], manifests: str) -> None:
-    command = _kubectl(args) + verb
-    print(f"+ {shell_line(command)}", flush=True)
-    result = subprocess.run(command, input=manifests, text=True, check=False)
-    if result.returncode != 0:
-        raise DeployError(f"`{shell_line(command)}` failed with exit code {result.returncode}")
+def _plan(args: argparse.Namespace, verb: str, operations: list[Operation]) -> Plan:
+    return Plan(f"brkcoin {verb} k8s --variant {args.variant}", tuple(operations),
+                ("a bash script as printed; the manifests go to kubectl on its input",),
+                preflight=lambda: _check_cluster(args))
 
 
-def _plan(args: argparse.Namespace, verb: list[str], manifests: str) -> int:
-    header = f"# brkcoin would run: {shell_line(_kubectl(args) + verb)} with:\n"
+def deploy_plan(args: argparse.Namespace) -> Plan:
+    workers = args.workers
+    manifests = to_yaml(render(args.variant, args.registry, args.tag, workers))
     if args.out:
-        args.out.write_text(header + manifests)
-        apply = shell_line(_kubectl(args) + ["apply", "-f", str(args.out)])
-        print(f"wrote {args.out}; apply with: {apply}")
-    else:
-        print(header + manifests, end="")
-    return 0
+        return Plan("brkcoin deploy k8s --out", (WriteFile(
+            f"write the manifests ({args.variant}, {workers} worker(s) a tick) to {args.out}; "
+            f"apply them with: kubectl apply -f {args.out}", args.out, manifests),))
+    ticks = (f"{workers} PingSource(s)" if args.variant == "knative"
+             else f"a CronJob of {workers} POST(s) a tick")
+    operations: list[Operation] = [Step(
+        f"apply the namespace, Redis, the functions and {ticks}",
+        (*_kubectl(args), "apply", "-f", "-"), stdin=manifests)]
+    if args.variant == "knative":
+        kept = ",".join(str(slot) for slot in range(1, workers + 1))
+        operations.append(Step(
+            f"delete the PingSources beyond the {workers} (from a deploy with more workers)",
+            (*_kubectl(args), "--namespace", NAMESPACE, "delete",
+             "pingsources.sources.knative.dev", "--ignore-not-found",
+             "--selector", f"app.kubernetes.io/part-of=brkcoin,{SLOT} notin ({kept})")))
+    return _plan(args, "deploy", operations)
 
 
-def deploy(args: argparse.Namespace) -> int:
-    manifests = to_yaml(render(args.variant, args.registry, args.tag))
-    verb = ["apply", "-f", "-"]
-    if args.dry_run:
-        return _plan(args, verb, manifests)
-    _check_cluster(args)
-    _apply(args, verb, manifests)
-    print("applied; watch with: kubectl -n brkcoin get pods" + (
-        ",ksvc" if args.variant == "knative" else ""))
-    return 0
-
-
-def destroy(args: argparse.Namespace) -> int:
+def destroy_plan(args: argparse.Namespace) -> Plan:
     # Deleting the Namespace (in the stream) removes the Redis PVC and the wallet too.
     manifests = to_yaml(render(args.variant, args.registry, args.tag))
-    verb = ["delete", "--ignore-not-found", "-f", "-"]
-    if args.dry_run:
-        return _plan(args, verb, manifests)
-    _check_cluster(args)
-    _apply(args, verb, manifests)
-    return 0
+    return _plan(args, "destroy", [Step(
+        "delete everything brkcoin made, the namespace (and with it the wallet) included",
+        (*_kubectl(args), "delete", "--ignore-not-found", "-f", "-"), stdin=manifests)])
