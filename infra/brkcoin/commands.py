@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = sub.add_parser("bench", help="benchmark the pipeline with all delays at 0")
     bench.add_argument("--seconds", type=float, default=5.0, help="mining time per case (5)")
     bench.add_argument("--quick", action="store_true", help="fewer cases, for a smoke run")
+    bench.add_argument("--instances", type=int,
+                       help="instances of each function (default: one a core)")
     bench.set_defaults(run=run_bench)
 
     lesson = sub.add_parser("lesson", help="the DockerCoins scaling lesson, measured: "
