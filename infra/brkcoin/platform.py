@@ -141,6 +141,8 @@ class Platform:
             if self.redis:
                 self.redis.start()
             self.thread.start()
+            for service in self.services.values():
+                processes.compile_folder(service.function)
             for name, service in self.services.items():
                 self._run(service.door.start(self.host, self.ports[name]))
             for service in self.services.values():

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from brkcoin.layout import FUNCTIONS
-from brkcoin.processes import FunctionProcess
+from brkcoin.processes import FunctionProcess, compile_folder
 from brkcoin.redis_server import RedisServer
 
 NAMES = tuple(FUNCTIONS)
@@ -59,6 +59,7 @@ class Stack:
             if self.redis:
                 self.redis.start()
             for function in self.functions.values():
+                compile_folder(function.function)
                 function.start()
             # Wait for all at once: each takes ~0.3 s to import and bind.
             with ThreadPoolExecutor(len(self.functions) or 1) as pool:
