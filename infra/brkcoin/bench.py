@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             report["batched"] = [
                 mine_case(stack, seconds, c, BIG_BATCH) for c in concurrencies[1:]
             ]
-        with _stack(Path(tmp) / "demo", {}) as stack:
+        with _stack(Path(tmp) / "demo", {"WORKERS": str(instances)}) as stack:
             mine_case(stack, 1.0, 1, 1)  # warm-up
             report["demo_delays"] = [
                 mine_case(stack, seconds, c, 1) for c in ([1] if args.quick else [1, 300])
