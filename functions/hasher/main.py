@@ -44,7 +44,6 @@ BODY_TIMEOUT = _env_number("HASHER_BODY_TIMEOUT", 10, 0.01, 900)  # to receive a
 MIN_CHUNK = 32  # the unit of work; smaller chunks would answer far more than they take
 
 
-
 def _builtin_sha256() -> Callable[[bytes], hashlib._Hash]:
     """CPython's own SHA-256 (_sha2 from 3.12, _sha256 before) rather than OpenSSL's,
     which hashlib prefers: for small chunks its per-object cost is far lower, which

@@ -52,12 +52,13 @@ def _json(status: int, body: object, **headers: str) -> Response:
     return Response(json.dumps(body), status, headers, media_type="application/json")
 
 
-def _error(status: int, message: str) -> Response:
-    # A refused request may still be sending its body: close rather than read it.
-    headers = {"Connection": "close"} if status in (400, 408, 413) else {}
+def _error(status: int, message: str, **extra: str) -> Response:
+    # A request refused before its body was read may still be sending it: close
+    # rather than read on.
+    headers = {"Connection": "close"} if status in (400, 401, 405, 408, 413) else {}
     if status == 429:
         headers["Retry-After"] = "1"
-    return _json(status, {"error": message}, **headers)
+    return _json(status, {"error": message}, **headers, **extra)
 
 
 def instance() -> Instance:
@@ -112,8 +113,8 @@ async def _answer(request: Request, data_of: Callable[[Request, bytes], object])
     if request.method in ("GET", "HEAD"):
         return PlainTextResponse(HELLO)
     if request.method != "POST":
-        return _json(405, {"error": f"method {request.method} not allowed; POST / to mine"},
-                     Allow="GET, HEAD, POST")
+        return _error(405, f"method {request.method} not allowed; POST / to mine",
+                      Allow="GET, HEAD, POST")
     if not _authorized(request):  # before reading anything of the body
         return _error(401, UNAUTHORIZED)
     try:

@@ -222,15 +222,21 @@ class Ledger:
         return held // RECORD
 
     async def flush(self) -> None:
-        """Record the flush in flight, then what is pending; NotRecorded if Redis won't."""
-        while (self.inflight is not None or self.pending_hashes or self.pending_coins
-               or self.telemetry.has_news()):
-            if self.inflight is None:
-                self.inflight = Flush(self.pending_hashes, bytes(self.pending_coins))
-                self.inflight.stats = self.telemetry.take(self.inflight.marker)
-                self.pending_hashes, self.pending_coins = 0, bytearray()
-            self.new_coins += await self.wallet.record(self.inflight)
-            self.inflight = None
+        """Record the flush in flight, then what was pending when called: two sends
+        at most, however fast the loops add more meanwhile (that waits for the
+        next call, a second later). NotRecorded if Redis won't."""
+        if self.inflight is not None:
+            await self._send()
+        if self.pending_hashes or self.pending_coins or self.telemetry.has_news():
+            self.inflight = Flush(self.pending_hashes, bytes(self.pending_coins))
+            self.inflight.stats = self.telemetry.take(self.inflight.marker)
+            self.pending_hashes, self.pending_coins = 0, bytearray()
+            await self._send()
+
+    async def _send(self) -> None:
+        assert self.inflight is not None
+        self.new_coins += await self.wallet.record(self.inflight)
+        self.inflight = None
 
     def unrecorded(self) -> dict[str, object]:
         """What is certainly not in Redis."""

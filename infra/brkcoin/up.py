@@ -221,6 +221,7 @@ def _run(platform: Platform, trigger: WorkerTrigger, schedule: object, data_dir:
     meter = wallet.RateMeter()
     tty = sys.stdout.isatty()
     last_print = 0.0
+    recorded = platform.pids()
     while True:
         _apply_control(platform, trigger, data_dir)
         platform.tick()
@@ -232,7 +233,9 @@ def _run(platform: Platform, trigger: WorkerTrigger, schedule: object, data_dir:
         except redis.RedisError:
             state["wallet"] = None
         runfile.write(data_dir, runfile.STATUS, state)
-        runfile.record(data_dir, platform.urls, platform.redis_url, platform.pids())
+        if (pids := platform.pids()) != recorded:  # an instance came or went
+            runfile.record(data_dir, platform.urls, platform.redis_url, pids)
+            recorded = pids
         line = status_line(state)
         if tty:
             print(f"\r{line}\033[K", end="", flush=True)
