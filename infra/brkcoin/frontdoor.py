@@ -22,7 +22,6 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,16 +51,8 @@ class Instance:
     in_flight: int = 0
     served: int = 0
     draining: bool = False
+    resting_until: float = 0.0  # it refused a connection: none sent it until then
     idle: list[tuple[float, _ToInstance]] = field(default_factory=list)
-
-
-@dataclass
-class DoorStats:
-    """What went through the door since the last `take`."""
-
-    requests: int = 0
-    failed: int = 0  # answered by the door itself with 502/503
-    waited: float = 0.0  # seconds spent in line, summed over requests
 
 
 class FrontDoor:
@@ -71,7 +62,6 @@ class FrontDoor:
         self.queue_timeout = queue_timeout
         self.instances: list[Instance] = []
         self.line: collections.deque[asyncio.Future[Instance]] = collections.deque()
-        self.stats = DoorStats()
         self.server: asyncio.Server | None = None
         self.clients: set[_FromClient] = set()
 
@@ -97,6 +87,13 @@ class FrontDoor:
             connection.close()
         instance.idle.clear()
 
+    def rest(self, instance: Instance, seconds: float = 1.0) -> None:
+        """It refused a connection: gone (the platform replaces a dead instance
+        within a second) or only full for now. Either way, not the one to try
+        again at once; the line is looked at again when the rest is over."""
+        instance.resting_until = time.monotonic() + seconds
+        asyncio.get_running_loop().call_later(seconds, self._serve_line)
+
     @property
     def in_flight(self) -> int:
         return sum(i.in_flight for i in self.instances)
@@ -106,8 +103,8 @@ class FrontDoor:
         return len(self.line)
 
     def _has_room(self, instance: Instance) -> bool:
-        return not instance.draining and (
-            not self.concurrency or instance.in_flight < self.concurrency)
+        return (not instance.draining and time.monotonic() >= instance.resting_until
+                and (not self.concurrency or instance.in_flight < self.concurrency))
 
     def _free(self) -> Instance | None:
         free = [i for i in self.instances if self._has_room(i)]
@@ -330,30 +327,24 @@ class _HeadTooLarge(Exception):
 async def _forward(door: FrontDoor, client: _FromClient, request: _Request) -> bool:
     """Send one request to an instance and its answer back; True if the client
     connection may carry another request."""
-    started = time.monotonic()
-    door.stats.requests += 1
     if request.expects_continue and client.transport is not None:
         client.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     for attempt in range(4):
         try:
             instance = await door.acquire()
         except NoInstance as e:
-            door.stats.failed += 1
             client._refuse(503, "Service Unavailable", str(e))
             return False
-        if attempt == 0:
-            door.stats.waited += time.monotonic() - started
         try:
             return await _exchange(instance, client, request)
         except _InstanceFailed as e:
             if e.refused:
-                instance.draining = True  # gone: no more requests; the platform replaces it
+                door.rest(instance)
             # Sent again, to whichever instance is free, only what surely did not
             # reach one: refused at connect, or a GET on a kept-alive connection
             # the instance closed as it was reused (POST /worker is no retry).
             resend = e.refused or (e.stale and request.method in (b"GET", b"HEAD"))
             if not (resend and not request.body_started and attempt < 3):
-                door.stats.failed += 1
                 if not e.answered:
                     client._refuse(502, "Bad Gateway",
                                    f"{door.name} instance {instance.name} failed: {e}")
@@ -435,7 +426,6 @@ class _ToInstance(asyncio.Protocol):
         self.closes = False
         self.writable = asyncio.Event()
         self.writable.set()
-        self.on_done: Callable[[], None] | None = None
 
     def begin(self, client: _FromClient, head_only: bool, reused: bool) -> None:
         self.client, self.head_only, self.reused = client, head_only, reused
