@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import importlib.util
 import json
@@ -62,6 +63,7 @@ def in_process_limit(seconds: float = 1.0) -> float:
     return count / (time.perf_counter() - started)
 
 
+@functools.cache
 def _worker_client() -> ModuleType:
     """The worker's own upstream client module (functions/worker/upstream.py)."""
     path = FUNCTIONS["worker"].folder / "upstream.py"

@@ -231,11 +231,8 @@ class Platform:
     def _retire(self, service: Service, running: Running) -> None:
         running.retiring = True
         running.door.draining = True  # read by the door's thread: no new requests
-
-        async def drain() -> None:
-            await service.door.remove(running.door, timeout=2.0)
-
-        future = asyncio.run_coroutine_threadsafe(drain(), self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            service.door.remove(running.door, timeout=2.0), self.loop)
         future.add_done_callback(lambda _: running.process.terminate())
 
     # -- the platform's heartbeat, from the main thread --
