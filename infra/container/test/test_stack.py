@@ -188,9 +188,17 @@ def test_more_worker_replicas_mine_more(stack: Stack) -> None:
     one = hashes_per_second(stack)
     stack.compose("up", "--detach", "--scale", "worker=3")
     scheduler = container("scheduler")
-    listed = engine.podman("exec", scheduler, "getent", "ahostsv4", "worker").stdout.split()
-    replicas = sorted({word for word in listed if word[0].isdigit()})
-    assert len(replicas) == 3, listed
+
+    def worker_addresses() -> list[str]:
+        # Names reach aardvark-dns as the containers come up (and one may be
+        # recreated): empty, or fewer than three, for a moment.
+        listed = engine.podman("exec", scheduler, "getent", "ahostsv4", "worker",
+                               check=False).stdout.split()
+        found = sorted({word for word in listed if word[0].isdigit()})
+        return found if len(found) == 3 else []
+
+    replicas = wait_for("three worker replicas in the scheduler's DNS", worker_addresses,
+                        timeout=30)
     # The new replicas get their first POST at the next tick.
     now = time.time()
     sleep_into_a_tick(10, not_before=now - now % 60 + 60)
