@@ -9,7 +9,10 @@ machine's speed varies from day to day and only ratios of one run compare.
 - hashes/s for batch=1 (the original protocol) and a large batch at several
   concurrencies, with CPU ms per hash counting every process of the stack;
 - the rate with the default 0.1 s delays, at concurrency 1 and 300;
-- each function's first answer after its process starts (median of 5);
+- each function's first answer after its process starts (median of 5), beside
+  the reference's and the aio floor's: the same bare function written for
+  Functions Framework's async path (`functions_framework.aio`), which is what
+  the async stack alone costs before any of our code;
 - the in-process limit: sha256(os.urandom(32)) with the coin check, one core.
 """
 
@@ -45,6 +48,14 @@ import functions_framework
 
 @functions_framework.http
 def reference(request):
+    return "ok"
+'''
+AIO_FLOOR_SOURCE = '''\
+import functions_framework.aio
+
+
+@functions_framework.aio.http
+async def aio_floor(request):
     return "ok"
 '''
 
@@ -161,11 +172,15 @@ def _stack(data_dir: Path, env: dict[str, str]) -> Stack:
     return Stack(data_dir, ports=ports, redis_port=free_port(), env=env, names=names)
 
 
-def reference_function(tmp: Path) -> Function:
-    folder = tmp / "reference"
+def bare_function(tmp: Path, name: str, source: str) -> Function:
+    folder = tmp / name
     folder.mkdir(exist_ok=True)
-    (folder / "main.py").write_text(REFERENCE_SOURCE)
-    return Function("reference", folder, 0)
+    (folder / "main.py").write_text(source)
+    return Function(name, folder, 0)
+
+
+def reference_function(tmp: Path) -> Function:
+    return bare_function(tmp, "reference", REFERENCE_SOURCE)
 
 
 def reference(tmp: Path, seconds: float, concurrency: int) -> dict[str, Any]:
@@ -186,7 +201,7 @@ def reference(tmp: Path, seconds: float, concurrency: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     seconds = args.seconds
     concurrencies = [1, 4] if args.quick else [1, 2, 4, 8]
-    runs = 3 if args.quick else 5
+    starts = args.starts or (3 if args.quick else 5)
     instances = args.instances or os.cpu_count() or 1
     # Each function runs that many instances: Functions Framework's own WORKERS
     # (gunicorn workers sharing the function's port), as a platform scaling it out
@@ -199,40 +214,61 @@ def run(args: argparse.Namespace) -> int:
         "instances_per_function": instances,
     }
     with tempfile.TemporaryDirectory(prefix="brkcoin-bench-") as tmp:
-        report["in_process_hashes_per_s"] = round(in_process_limit())
-        report["reference"] = reference(Path(tmp), seconds, 8)
-        with _stack(Path(tmp) / "nodelay", pipeline) as stack:
-            mine_case(stack, 1.0, max(concurrencies), 1)  # warm-up: imports, connections
-            report["batch1"] = [mine_case(stack, seconds, c, 1) for c in concurrencies]
-            report["batched"] = [
-                mine_case(stack, seconds, c, BIG_BATCH) for c in concurrencies[1:]
-            ]
-        with _stack(Path(tmp) / "demo", {"WORKERS": str(instances)}) as stack:
-            mine_case(stack, 1.0, 1, 1)  # warm-up
-            report["demo_delays"] = [
-                mine_case(stack, seconds, c, 1) for c in ([1] if args.quick else [1, 300])
-            ]
-        cold = first_answers_ms({"reference": reference_function(Path(tmp)), **FUNCTIONS},
-                                runs, Path(tmp) / "cold")
+        if args.first_answers_only:
+            report["reference"] = {}
+        else:
+            report |= throughput(Path(tmp), args.quick, seconds, concurrencies, pipeline,
+                                 instances)
+        cold = first_answers_ms({"reference": reference_function(Path(tmp)),
+                                 "aio_floor": bare_function(Path(tmp), "aio_floor",
+                                                            AIO_FLOOR_SOURCE),
+                                 **FUNCTIONS},
+                                starts, Path(tmp) / "cold")
+        report["first_answer_starts"] = starts
         report["reference"]["first_answer_ms"] = cold.pop("reference")
+        report["aio_floor_first_answer_ms"] = cold.pop("aio_floor")
         report["first_answer_ms"] = cold
-    report["in_process_hashes_per_s_after"] = round(in_process_limit())
+    if not args.first_answers_only:
+        report["in_process_hashes_per_s_after"] = round(in_process_limit())
     report["ratios"] = ratios(report)
     print(json.dumps(report, indent=2))
     return 0
 
 
+def throughput(tmp: Path, quick: bool, seconds: float, concurrencies: list[int],
+               pipeline: dict[str, str], instances: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"in_process_hashes_per_s": round(in_process_limit())}
+    report["reference"] = reference(tmp, seconds, 8)
+    with _stack(tmp / "nodelay", pipeline) as stack:
+        mine_case(stack, 1.0, max(concurrencies), 1)  # warm-up: imports, connections
+        report["batch1"] = [mine_case(stack, seconds, c, 1) for c in concurrencies]
+        report["batched"] = [mine_case(stack, seconds, c, BIG_BATCH) for c in concurrencies[1:]]
+    with _stack(tmp / "demo", {"WORKERS": str(instances)}) as stack:
+        mine_case(stack, 1.0, 1, 1)  # warm-up
+        report["demo_delays"] = [
+            mine_case(stack, seconds, c, 1) for c in ([1] if quick else [1, 300])
+        ]
+    return report
+
+
 def ratios(report: dict[str, Any]) -> dict[str, float]:
     """The figures that compare across runs: each against its reference of this run."""
     ref = report["reference"]
-    limit = (report["in_process_hashes_per_s"] + report["in_process_hashes_per_s_after"]) / 2
-    at8 = [c for c in report["batch1"] if c["concurrency"] == ref["concurrency"]]
-    best_batched = max(c["hashes_per_s"] for c in report["batched"])
     out = {
-        "batched_over_in_process": round(best_batched / limit, 2),
         "first_answer_over_reference": round(
             max(report["first_answer_ms"].values()) / ref["first_answer_ms"], 2),
+        # What Functions Framework's async path costs by itself, and what is ours.
+        "aio_floor_first_answer_over_reference": round(
+            report["aio_floor_first_answer_ms"] / ref["first_answer_ms"], 2),
+        "first_answer_over_aio_floor": round(
+            max(report["first_answer_ms"].values()) / report["aio_floor_first_answer_ms"], 2),
     }
+    if "batch1" not in report:
+        return out
+    limit = (report["in_process_hashes_per_s"] + report["in_process_hashes_per_s_after"]) / 2
+    out["batched_over_in_process"] = round(
+        max(c["hashes_per_s"] for c in report["batched"]) / limit, 2)
+    at8 = [c for c in report["batch1"] if c["concurrency"] == ref["concurrency"]]
     if at8:
         out["batch1_over_reference_round_trips"] = round(
             at8[0]["hashes_per_s"] / ref["round_trips_per_s"], 2)

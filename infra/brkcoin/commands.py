@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument("--quick", action="store_true", help="fewer cases, for a smoke run")
     bench.add_argument("--instances", type=int,
                        help="instances of each function (default: one a core)")
+    bench.add_argument("--starts", type=int,
+                       help="starts per function for the first answer (default 5, quick 3)")
+    bench.add_argument("--first-answers-only", action="store_true",
+                       help="measure only the first answers (with the reference's)")
     bench.set_defaults(run=run_bench)
 
     lesson = sub.add_parser("lesson", help="the DockerCoins scaling lesson, measured: "
