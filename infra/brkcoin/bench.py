@@ -200,13 +200,8 @@ def reference(tmp: Path, seconds: float, concurrency: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     seconds = args.seconds
-    concurrencies = [1, 4] if args.quick else [1, 2, 4, 8]
     starts = args.starts or (3 if args.quick else 5)
     instances = args.instances or os.cpu_count() or 1
-    # Each function runs that many instances: Functions Framework's own WORKERS
-    # (gunicorn workers sharing the function's port), as a platform scaling it out
-    # on this many cores would. The reference keeps its defaults (one).
-    pipeline = NO_DELAYS | {"WORKERS": str(instances)}
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}, {platform.platform()}",
@@ -214,18 +209,15 @@ def run(args: argparse.Namespace) -> int:
         "instances_per_function": instances,
     }
     with tempfile.TemporaryDirectory(prefix="brkcoin-bench-") as tmp:
-        if args.first_answers_only:
-            report["reference"] = {}
-        else:
-            report |= throughput(Path(tmp), args.quick, seconds, concurrencies, pipeline,
-                                 instances)
+        if not args.first_answers_only:
+            report |= throughput(Path(tmp), args.quick, seconds, instances)
         cold = first_answers_ms({"reference": reference_function(Path(tmp)),
                                  "aio_floor": bare_function(Path(tmp), "aio_floor",
                                                             AIO_FLOOR_SOURCE),
                                  **FUNCTIONS},
                                 starts, Path(tmp) / "cold")
         report["first_answer_starts"] = starts
-        report["reference"]["first_answer_ms"] = cold.pop("reference")
+        report.setdefault("reference", {})["first_answer_ms"] = cold.pop("reference")
         report["aio_floor_first_answer_ms"] = cold.pop("aio_floor")
         report["first_answer_ms"] = cold
     if not args.first_answers_only:
@@ -235,15 +227,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def throughput(tmp: Path, quick: bool, seconds: float, concurrencies: list[int],
-               pipeline: dict[str, str], instances: int) -> dict[str, Any]:
+def throughput(tmp: Path, quick: bool, seconds: float, instances: int) -> dict[str, Any]:
+    concurrencies = [1, 4] if quick else [1, 2, 4, 8]
+    # Each function runs that many instances: Functions Framework's own WORKERS
+    # (gunicorn workers sharing the function's port), as a platform scaling it out
+    # on this many cores would. The reference keeps its defaults (one).
+    workers = {"WORKERS": str(instances)}
     report: dict[str, Any] = {"in_process_hashes_per_s": round(in_process_limit())}
     report["reference"] = reference(tmp, seconds, 8)
-    with _stack(tmp / "nodelay", pipeline) as stack:
+    with _stack(tmp / "nodelay", NO_DELAYS | workers) as stack:
         mine_case(stack, 1.0, max(concurrencies), 1)  # warm-up: imports, connections
         report["batch1"] = [mine_case(stack, seconds, c, 1) for c in concurrencies]
         report["batched"] = [mine_case(stack, seconds, c, BIG_BATCH) for c in concurrencies[1:]]
-    with _stack(tmp / "demo", {"WORKERS": str(instances)}) as stack:
+    with _stack(tmp / "demo", workers) as stack:
         mine_case(stack, 1.0, 1, 1)  # warm-up
         report["demo_delays"] = [
             mine_case(stack, seconds, c, 1) for c in ([1] if quick else [1, 300])
