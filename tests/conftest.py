@@ -13,8 +13,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from brkcoin.layout import FUNCTIONS, WORKER_EVENT
-from brkcoin.processes import FunctionProcess, free_port
-from brkcoin.redis_server import RedisServer
+from brkcoin.platform.processes import FunctionProcess, free_port
+from brkcoin.platform.redis_server import RedisServer
 
 TARGETS = {**FUNCTIONS, WORKER_EVENT.name: WORKER_EVENT}
 NO_DELAYS = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0"}

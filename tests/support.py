@@ -38,3 +38,31 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def platform_running(platform) -> Iterator:
+    """A local platform on its own event loop in a thread, with its heartbeat (it
+    publishes brkcoin:platform), as `brkcoin up` runs it minus the scheduler."""
+    import asyncio
+
+    from brkcoin.platform.run import serve
+
+    started = threading.Event()
+    stopping: list = []
+
+    async def until_stopped() -> None:
+        stopping.append((asyncio.get_running_loop(), asyncio.Event()))
+        started.set()
+        await stopping[0][1].wait()
+
+    thread = threading.Thread(target=serve, args=(platform, None, until_stopped),
+                              kwargs={"signals": False}, daemon=True)
+    thread.start()
+    assert started.wait(60), "the platform did not start"
+    try:
+        yield platform
+    finally:
+        loop, event = stopping[0]
+        loop.call_soon_threadsafe(event.set)
+        thread.join(30)

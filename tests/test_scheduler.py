@@ -3,13 +3,13 @@ hours of cron run in a moment."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from brkcoin.scheduler import BadSchedule, Cron, Scheduler, WorkerTrigger, parse_every
+from brkcoin.platform.scheduler import BadSchedule, Cron, Scheduler, WorkerTrigger, parse_every
 
 
 class FakeClock:
@@ -19,17 +19,16 @@ class FakeClock:
     def __call__(self) -> datetime:
         return self.now
 
-    def wait(self, seconds: float) -> bool:
+    async def wait(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-        return False
 
 
 def run(schedule, start: datetime, ticks: int) -> list[tuple[datetime, float]]:
     clock = FakeClock(start)
     fired: list[tuple[datetime, float]] = []
-    Scheduler(schedule, lambda period: fired.append((clock.now, period)), clock, clock.wait).run(
-        ticks
-    )
+    scheduler = Scheduler(schedule, lambda period: fired.append((clock.now, period)), clock,
+                          clock.wait)
+    asyncio.run(scheduler.run(ticks))
     return fired
 
 
@@ -56,7 +55,7 @@ def test_cron_skips_ticks_missed_while_busy():
         fired.append(clock.now)
         clock.now += timedelta(minutes=3)  # the tick itself took three minutes
 
-    Scheduler(Cron("* * * * *"), slow_fire, clock, clock.wait).run(3)
+    asyncio.run(Scheduler(Cron("* * * * *"), slow_fire, clock, clock.wait).run(3))
     assert [t.strftime("%H:%M") for t in fired] == ["12:01", "12:05", "12:09"]
 
 
@@ -79,22 +78,43 @@ def test_bad_cron_is_refused():
 def test_real_interval_invokes_the_worker_like_cloud_scheduler(mining_stack):
     """A real short interval against a real worker: each tick sends POST {"seconds"}."""
     logged: list[str] = []
-    done = threading.Event()
 
-    def log(line: str) -> None:
-        if line.startswith("worker"):  # not "tick skipped": a tick may overlap
-            logged.append(line)
-        if len(logged) == 2:
-            done.set()
+    async def two_answers() -> None:
+        trigger = WorkerTrigger(mining_stack["worker"].url, fanout=1, log=logged.append)
+        ticking = asyncio.create_task(Scheduler(parse_every("1.2s"), trigger).run())
+        while len([line for line in logged if line.startswith("worker")]) < 2:
+            await asyncio.sleep(0.05)  # not "tick skipped": a tick may overlap
+        ticking.cancel()
 
-    trigger = WorkerTrigger(mining_stack["worker"].url, fanout=1, log=log)
-    scheduler = Scheduler(parse_every("1.2s"), trigger)
-    thread = threading.Thread(target=scheduler.run, daemon=True)
-    thread.start()
-    assert done.wait(15), logged
-    scheduler.stop()
-    thread.join(5)
-    assert all(line.startswith("worker 200:") for line in logged[:2])
-    summary = json.loads(logged[0].removeprefix("worker 200:"))
+    asyncio.run(asyncio.wait_for(two_answers(), 15))
+    answers = [line for line in logged if line.startswith("worker")]
+    assert all(line.startswith("worker 200:") for line in answers[:2])
+    summary = json.loads(answers[0].removeprefix("worker 200:"))
     assert 1.1 <= summary["seconds"] < 1.2 + 1  # mines 55/60 of the 1.2 s tick
     assert int(mining_stack["redis"].client().get("hashes")) > 0
+
+
+def test_a_long_interval_mines_within_the_workers_bound():
+    trigger = WorkerTrigger("http://127.0.0.1:1", max_seconds=900)
+    assert trigger.mining_seconds(3600) == 900
+    assert trigger.mining_seconds(60) == 55
+
+
+def test_a_paused_schedule_sends_nothing():
+    async def tick() -> WorkerTrigger:
+        trigger = WorkerTrigger("http://127.0.0.1:1", fanout=0)
+        trigger(10)
+        return trigger
+
+    assert asyncio.run(tick()).state()["invocations"] == 0
+
+
+def test_an_unreachable_worker_is_counted_not_raised():
+    async def tick() -> WorkerTrigger:
+        trigger = WorkerTrigger("http://127.0.0.1:1", log=lambda line: None)
+        trigger(10)
+        await asyncio.gather(*trigger.tasks)
+        return trigger
+
+    state = asyncio.run(tick()).state()
+    assert state["answers"] == {"unreachable": 1} and state["in_flight"] == 0

@@ -37,7 +37,7 @@ import psutil
 import requests
 
 from brkcoin.layout import FUNCTIONS, Function
-from brkcoin.processes import FunctionProcess, compile_folder, free_port
+from brkcoin.platform.processes import FunctionProcess, compile_folder, free_port
 from brkcoin.stack import Stack
 
 NO_DELAYS = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0"}

@@ -14,8 +14,9 @@ from typing import Any
 import redis
 import requests
 
-from brkcoin import runfile, up, wallet
-from brkcoin.processes import is_up
+from brkcoin import up, wallet
+from brkcoin.platform import runfile
+from brkcoin.platform.processes import is_up
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

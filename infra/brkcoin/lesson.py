@@ -14,22 +14,23 @@ against time with the steps marked (SVG).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
+import redis.asyncio
 
 from brkcoin import wallet
 from brkcoin.layout import FUNCTIONS
-from brkcoin.platform import Platform
-from brkcoin.processes import free_port
-from brkcoin.scheduler import Interval, Scheduler, WorkerTrigger
+from brkcoin.platform.processes import free_port
+from brkcoin.platform.run import Stopped, serve
+from brkcoin.platform.scheduler import Interval, Scheduler, WorkerTrigger
+from brkcoin.platform.supervisor import Platform
 from brkcoin.up import LESSON_DELAYS
 
 TICK = 10.0
@@ -68,25 +69,23 @@ def run(args: argparse.Namespace) -> int:
                         scale={"rng": 1}, concurrency={"rng": 1})
     print(f"brkcoin lesson: starting the platform in the lesson's shape (data in {data_dir})",
           flush=True)
-    platform.start()
     trigger = WorkerTrigger(platform.urls["worker"], 1, {}, log=lambda line: None)
     trigger.inputs = {"seconds": MINING}  # overrides the share of the tick
-    scheduler = Scheduler(Interval(TICK), trigger)
+    platform.expected["worker"] = 1
     try:
-        threading.Thread(target=scheduler.run, daemon=True).start()
-        measured, samples = _steps(platform, trigger, args.step)
-    finally:
-        scheduler.stop()
-        platform.stop()
+        measured, samples = serve(platform, Scheduler(Interval(TICK), trigger),
+                                  lambda: _steps(platform, trigger, args.step))
+    except Stopped:
+        return 130
     print(table(measured))
     args.plot.write_text(svg(samples, measured))
     print(f"plot: {args.plot}")
     return 0
 
 
-def _steps(platform: Platform, trigger: WorkerTrigger,
-           seconds: float) -> tuple[list[Measured], list[tuple[float, float]]]:
-    client = redis.Redis.from_url(platform.redis_url, socket_timeout=2)
+async def _steps(platform: Platform, trigger: WorkerTrigger,
+                 seconds: float) -> tuple[list[Measured], list[tuple[float, float]]]:
+    client = redis.asyncio.Redis.from_url(platform.redis_url, socket_timeout=2)
     began = time.monotonic()
     samples: list[tuple[float, float]] = []  # (seconds since began, hashes)
     measured = []
@@ -99,20 +98,18 @@ def _steps(platform: Platform, trigger: WorkerTrigger,
         window: list[tuple[float, float]] = []
         settle = TICK + 2  # the next tick takes the new fan-out
         while (now := time.monotonic() - began) < started + seconds:
-            reading = wallet.read(client)
+            reading = await wallet.read_async(client)
             samples.append((now, reading["hashes"]))
             if now >= started + settle:
                 window.append((now, reading["hashes"]))
-            platform.tick()  # from this (the main) thread: it starts the instances
-            time.sleep(0.5)
-            platform.tick()
-            time.sleep(0.5)
+            await asyncio.sleep(1.0)
         (t0, h0), (t1, h1) = window[0], window[-1]
         speed = (h1 - h0) / (t1 - t0)
-        stats = _stats(platform.urls["webui"])
+        stats = await asyncio.to_thread(_stats, platform.urls["webui"])  # a blocking read
         measured.append(Measured(step, started, speed, stats))
         print(f"         {speed:.1f} hashes/s (the slides: {step.expected:g}); "
               f"{_latencies(stats)}", flush=True)
+    await client.aclose()
     return measured, samples
 
 

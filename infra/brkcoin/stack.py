@@ -1,7 +1,7 @@
 """A plain stack: a Redis server and one functions-framework process per function,
 each function on its own port, no platform in front (no front door, no
 supervision). What `brkcoin bench` measures and the tests run against; `brkcoin
-up` runs the platform (platform.py) instead.
+up` runs the platform (platform/) instead.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from brkcoin.layout import FUNCTIONS
-from brkcoin.processes import FunctionProcess, compile_folder
-from brkcoin.redis_server import RedisServer
+from brkcoin.platform.processes import FunctionProcess, compile_folder
+from brkcoin.platform.redis_server import RedisServer
 
 NAMES = tuple(FUNCTIONS)
 

@@ -4,26 +4,37 @@ on a schedule, with a live status line; `brkcoin scale` while it runs."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType, ModuleType
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
 
-from brkcoin import runfile, wallet
-from brkcoin.layout import FUNCTIONS
-from brkcoin.platform import Platform
-from brkcoin.processes import PortInUse, StartFailed
-from brkcoin.redis_server import RedisUnavailable
-from brkcoin.scheduler import BadSchedule, Cron, Interval, Scheduler, WorkerTrigger, parse_every
+from brkcoin import wallet
+from brkcoin.layout import FUNCTIONS, MAX_WORKERS
+from brkcoin.platform import runfile
+from brkcoin.platform.processes import PortInUse, StartFailed
+from brkcoin.platform.redis_server import RedisUnavailable
+from brkcoin.platform.run import Stopped, serve
+from brkcoin.platform.scheduler import (
+    BadSchedule,
+    Cron,
+    Interval,
+    Scheduler,
+    WorkerTrigger,
+    parse_every,
+)
+from brkcoin.platform.supervisor import Platform
 
+T = TypeVar("T")
 DATA_DIR = Path(os.environ.get("BRKCOIN_DATA", ".brkcoin"))
 LESSON_DELAYS = {"RNG_DELAY": "0.1", "HASHER_DELAY": "0.1", "WORKER_DELAY": "0.1"}
 
@@ -54,6 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "request at a time, demo delays 0.1 s, one worker")
     up.add_argument("--concurrency", type=int, help="mining loops inside each invocation")
     up.add_argument("--batch", type=int, help="units per rng/hasher call (1: the original)")
+    up.add_argument("--timeout", type=durations, default={}, metavar="NAME=S,...",
+                    help="seconds a request may take (the spec's timeout; for the worker, "
+                         "a minute beyond its tick's mining)")
     up.add_argument("--overlap", choices=("skip", "allow"), default="skip",
                     help="a tick while invocations still run: skip it (default) or allow")
     up.set_defaults(run=run_up)
@@ -66,19 +80,46 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scale.set_defaults(run=run_scale)
 
 
-def assignments(text: str) -> dict[str, int]:
-    """'rng=2,hasher=3' -> {'rng': 2, 'hasher': 3}, names and numbers checked."""
+def _per_function(text: str, read: Callable[[str, str], T]) -> dict[str, T]:
+    """'rng=2,hasher=3' -> {'rng': read('rng', '2'), ...}, each name checked."""
     result = {}
     for item in filter(None, text.split(",")):
-        name, _, number = item.partition("=")
+        name, _, value = item.partition("=")
         if name not in FUNCTIONS:
             raise argparse.ArgumentTypeError(
-                f"no function {name!r}; the functions are {', '.join(FUNCTIONS)}")
-        if not (number.isdigit() and int(number) >= 1):
-            raise argparse.ArgumentTypeError(f"{name}= takes a whole number from 1, "
-                                             f"got {number!r}")
-        result[name] = int(number)
+                f"no function {_shown(name)}; the functions are {', '.join(FUNCTIONS)}")
+        result[name] = read(name, value)
     return result
+
+
+def _count(name: str, number: str) -> int:
+    high = bound(name)
+    if not (number.isascii() and number.isdigit() and len(number) <= 6
+            and 1 <= int(number) <= high):
+        raise argparse.ArgumentTypeError(f"{name}= takes a whole number from 1 to {high}, "
+                                         f"got {_shown(number)}")
+    return int(number)
+
+
+def _seconds(name: str, number: str) -> float:
+    try:
+        seconds = float(number)
+    except ValueError:
+        seconds = float("nan")
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{name}= takes seconds from 0.1 to 3600, "
+                                         f"got {_shown(number)}")
+    return seconds
+
+
+def assignments(text: str) -> dict[str, int]:
+    """'rng=2,worker=10' -> {'rng': 2, 'worker': 10}: instances, or invocations per tick."""
+    return _per_function(text, _count)
+
+
+def durations(text: str) -> dict[str, float]:
+    """'rng=3,hasher=2.5' -> {'rng': 3.0, 'hasher': 2.5}: request timeouts in seconds."""
+    return _per_function(text, _seconds)
 
 
 def worker_settings() -> ModuleType:
@@ -100,8 +141,9 @@ def check_inputs(fanout: int, concurrency: int | None, batch: int | None) -> str
         settings = module.Settings.from_env(os.environ)
     except module.ConfigError as e:
         return str(e)
-    if fanout < 1:
-        return f"--workers takes 1 or more invocations per tick, not {fanout}"
+    if not 1 <= fanout <= MAX_WORKERS:
+        return (f"--workers takes 1 to {MAX_WORKERS} invocations per tick (the worker's "
+                f"concurrency x its max instances), not {fanout}")
     if concurrency is not None and not 1 <= concurrency <= settings.max_concurrency:
         return (f"--concurrency must be from 1 to {settings.max_concurrency} "
                 f"(WORKER_MAX_CONCURRENCY), not {concurrency}")
@@ -138,9 +180,6 @@ def run_up(args: argparse.Namespace) -> int:
                                      else parse_every(args.every))
     except BadSchedule as e:
         return _fail(str(e))
-    for name, n in scale.items():
-        if n > FUNCTIONS[name].max_instances:
-            return _fail(f"{name} takes at most {FUNCTIONS[name].max_instances} instances")
     owner = runfile.running_owner(args.data_dir)
     if owner:
         return _fail(f"another `brkcoin up` (pid {owner}) is using {args.data_dir}; "
@@ -149,113 +188,162 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"brkcoin: ended a leftover {entry['name']} (pid {entry['pid']}) "
               "of a run that did not clean up")
 
-    _stop_on_signals()
     ports = {n: getattr(args, f"{n}_port") for n in FUNCTIONS}
     platform = Platform(args.data_dir, args.host, ports, args.redis_port,
-                        os.environ.get("REDIS_URL"), env, scale, concurrency)
-    try:
-        platform.start()
-    except (PortInUse, StartFailed, RedisUnavailable) as e:
-        return _fail(str(e), 1)
-    except KeyboardInterrupt:
-        return 130
-    runfile.record(args.data_dir, platform.urls, platform.redis_url, platform.pids())
-    platform.expected["worker"] = fanout
+                        os.environ.get("REDIS_URL"), env, scale, concurrency,
+                        timeouts=dict(args.timeout))
     inputs = {n: getattr(args, n) for n in ("concurrency", "batch") if getattr(args, n)}
+    settings = worker_settings().Settings.from_env(os.environ)
     trigger = WorkerTrigger(platform.urls["worker"], fanout, inputs,
                             os.environ.get("WORKER_TOKEN", ""),
-                            log=_logger(platform.logs / "scheduler.log"), overlap=args.overlap)
+                            log=_logger(platform.logs / "scheduler.log", platform),
+                            overlap=args.overlap, max_seconds=settings.max_seconds)
+    platform.expected["worker"] = fanout
+    if "worker" not in args.timeout:  # an invocation mines for most of a tick
+        platform.services["worker"].door.rules.request_timeout = FUNCTIONS["worker"].timeout_for(
+            trigger.mining_seconds(longest_tick(schedule)))
     scheduler = Scheduler(schedule, trigger)
-    platform.report = lambda: {"scheduler": trigger.state() | {"schedule": str(schedule)}}
-    threading.Thread(target=scheduler.run, daemon=True, name="scheduler").start()
-    _announce(platform, schedule, trigger)
+    platform.report = lambda: {"scheduler": _scheduler_state(scheduler, trigger, schedule)}
+    status = Status(platform, scheduler, trigger, schedule, args.data_dir)
+
+    async def forever() -> None:
+        status.announce()
+        await asyncio.Event().wait()
+
     try:
-        _run(platform, trigger, schedule, args.data_dir)
-    except KeyboardInterrupt:
+        serve(platform, scheduler, forever, status.beat)
+    except (PortInUse, StartFailed, RedisUnavailable) as e:
+        return _fail(str(e), 1)
+    except Stopped:
         pass
     finally:
         print("\nbrkcoin: stopping...", flush=True)
-        scheduler.stop()
-        platform.stop()
         runfile.remove(args.data_dir, runfile.STACK, runfile.STATUS, runfile.CONTROL)
-        print("brkcoin: stopped every process it started.")
+        print("brkcoin: stopped every process it started.", flush=True)
     return 0
 
 
-def _stop_on_signals() -> None:
-    """SIGINT, SIGTERM and SIGHUP (a closed terminal) stop the stack, each once.
-    SIGINT explicitly: a script's background job starts with it ignored."""
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(each, signal.SIG_IGN)  # one clean stop, however many signals
-        raise KeyboardInterrupt
+def longest_tick(schedule: Interval | Cron, ticks: int = 10) -> float:
+    """The longest time between the next few ticks, in seconds."""
+    tick = schedule.first(datetime.now(UTC))
+    longest = 0.0
+    for _ in range(ticks):
+        following = schedule.next_after(tick)
+        longest = max(longest, (following - tick).total_seconds())
+        tick = following
+    return longest
 
-    for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(each, interrupt)
+
+def _scheduler_state(scheduler: Scheduler, trigger: WorkerTrigger,
+                     schedule: object) -> dict[str, Any]:
+    return trigger.state() | {"schedule": str(schedule), "failures": scheduler.failures,
+                              "last_failure": scheduler.last_failure}
 
 
-def _logger(path: Path) -> Callable[[str], None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = threading.Lock()
-
+def _logger(path: Path, platform: Platform) -> Callable[[str], None]:
     def log(line: str) -> None:
-        with lock, open(path, "a") as out:
-            out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+        def append() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as out:
+                out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+        platform.disk.write("the scheduler's log", append)
     return log
 
 
-def _announce(platform: Platform, schedule: object, trigger: WorkerTrigger) -> None:
-    print("brkcoin is up:")
-    for name, url in platform.urls.items():
-        print(f"  {name:7} {url}" + ("   <- open this" if name == "webui" else ""))
-    embedded = f"  (embedded, AOF in {platform.redis.data_dir})" if platform.redis else ""
-    print(f"  redis   {platform.redis_url}{embedded}")
-    print(f"  schedule {schedule}, {trigger.fanout} worker invocation(s) per tick")
-    print(f"  logs    {platform.logs}    Ctrl-C stops everything", flush=True)
+class Status:
+    """Each beat: apply `brkcoin scale`, record the state for `brkcoin status`, and
+    show the status line."""
 
+    def __init__(self, platform: Platform, scheduler: Scheduler, trigger: WorkerTrigger,
+                 schedule: object, data_dir: Path) -> None:
+        self.platform, self.scheduler, self.trigger = platform, scheduler, trigger
+        self.schedule, self.data_dir = schedule, data_dir
+        self.wallet = redis.asyncio.Redis.from_url(platform.redis_url, socket_timeout=1,
+                                                   socket_connect_timeout=1)
+        self.meter = wallet.RateMeter()
+        self.tty = sys.stdout.isatty()
+        self.last_print = 0.0
+        self.recorded: list[tuple[str, int]] = []
 
-def _run(platform: Platform, trigger: WorkerTrigger, schedule: object, data_dir: Path) -> None:
-    """The heartbeat (main thread: instances are started here): supervise, apply
-    `brkcoin scale`, record, and show the status line."""
-    client = redis.Redis.from_url(platform.redis_url, socket_timeout=1, socket_connect_timeout=1)
-    meter = wallet.RateMeter()
-    tty = sys.stdout.isatty()
-    last_print = 0.0
-    recorded = platform.pids()
-    while True:
-        _apply_control(platform, trigger, data_dir)
-        platform.tick()
-        state = platform.state() | {"scheduler": trigger.state() | {"schedule": str(schedule)}}
+    def announce(self) -> None:
+        platform, trigger = self.platform, self.trigger
+        print("brkcoin is up:")
+        for name, url in platform.urls.items():
+            print(f"  {name:7} {url}" + ("   <- open this" if name == "webui" else ""))
+        embedded = f"  (embedded, AOF in {platform.redis.data_dir})" if platform.redis else ""
+        print(f"  redis   {platform.redis_url}{embedded}")
+        print(f"  schedule {self.schedule}, {trigger.fanout} worker invocation(s) per tick")
+        print(f"  logs    {platform.logs}    Ctrl-C stops everything", flush=True)
+
+    async def beat(self) -> None:
+        platform, disk = self.platform, self.platform.disk
+        self.apply_control()
+        state = platform.state() | {"scheduler": _scheduler_state(
+            self.scheduler, self.trigger, self.schedule)}
         try:
-            reading = wallet.read(client)
-            state["wallet"] = {**reading, "rate": round(meter.add(reading["now"],
-                                                                   reading["hashes"]), 2)}
-        except redis.RedisError:
+            reading = await wallet.read_async(self.wallet)
+            state["wallet"] = {**reading, "rate": round(self.meter.add(reading["now"],
+                                                                        reading["hashes"]), 2)}
+        except (redis.RedisError, OSError, TimeoutError, ValueError):
             state["wallet"] = None
-        runfile.write(data_dir, runfile.STATUS, state)
-        if (pids := platform.pids()) != recorded:  # an instance came or went
-            runfile.record(data_dir, platform.urls, platform.redis_url, pids)
-            recorded = pids
+        disk.write("status.json", lambda: runfile.write(self.data_dir, runfile.STATUS, state))
+        if (pids := platform.pids()) != self.recorded:  # an instance came or went
+            if disk.write("stack.json", lambda: runfile.record(
+                    self.data_dir, platform.urls, platform.redis_url, pids)):
+                self.recorded = pids
         line = status_line(state)
-        if tty:
+        if self.tty:
             print(f"\r{line}\033[K", end="", flush=True)
-        elif time.monotonic() - last_print >= 10:
+        elif time.monotonic() - self.last_print >= 10:
             print(line, flush=True)
-            last_print = time.monotonic()
-        time.sleep(0.5)
+            self.last_print = time.monotonic()
+
+    def apply_control(self) -> None:
+        """What `brkcoin scale` asked for; a bad request is said and ignored, and
+        the last good scale stays."""
+        asked = runfile.read(self.data_dir, runfile.CONTROL)
+        if not asked:
+            return
+        self.platform.disk.write("control.json",
+                                 lambda: runfile.remove(self.data_dir, runfile.CONTROL))
+        try:
+            wanted = checked_scale(asked.get("scale"))
+        except ValueError as e:
+            self.trigger.problem = f"control.json ignored: {e}"
+            self.trigger.log(f"control.json ignored: {e}")
+            return
+        for name, n in wanted.items():
+            if name == "worker":
+                self.trigger.fanout = n  # the next tick sends that many
+                self.platform.expected["worker"] = n
+            else:
+                self.platform.scale(name, n)
 
 
-def _apply_control(platform: Platform, trigger: WorkerTrigger, data_dir: Path) -> None:
-    wanted = runfile.read(data_dir, runfile.CONTROL).get("scale")
-    if not isinstance(wanted, dict):
-        return
-    runfile.remove(data_dir, runfile.CONTROL)
+def checked_scale(wanted: object) -> dict[str, int]:
+    """{"rng": 4, "worker": 10} from control.json, every name and bound checked."""
+    if not isinstance(wanted, dict) or not wanted:
+        raise ValueError(f"'scale' must be an object of NAME: N, got {_shown(wanted)}")
+    result = {}
     for name, n in wanted.items():
-        if name == "worker":
-            trigger.fanout = int(n)  # the next tick sends that many
-            platform.expected["worker"] = int(n)
-        elif name in platform.services:
-            platform.scale(name, int(n))
+        if name not in FUNCTIONS:
+            raise ValueError(f"no function {_shown(name)}; the functions are "
+                             f"{', '.join(FUNCTIONS)}")
+        high = bound(name)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= high:
+            raise ValueError(f"{name} takes a whole number from 1 to {high}, got {_shown(n)}")
+        result[name] = n
+    return result
+
+
+def bound(name: str) -> int:
+    """The most a scale may ask: instances, or for the worker invocations per tick."""
+    return MAX_WORKERS if name == "worker" else FUNCTIONS[name].max_instances
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def status_line(state: dict[str, Any]) -> str:
@@ -289,9 +377,6 @@ def run_scale(args: argparse.Namespace) -> int:
     owner = runfile.running_owner(args.data_dir)
     if not owner:
         return _fail(f"no `brkcoin up` is running with data folder {args.data_dir}")
-    for name, n in wanted.items():
-        if name != "worker" and n > FUNCTIONS[name].max_instances:
-            return _fail(f"{name} takes at most {FUNCTIONS[name].max_instances} instances")
     runfile.write(args.data_dir, runfile.CONTROL, {"scale": wanted})
     give_up = time.monotonic() + 60
     while time.monotonic() < give_up:

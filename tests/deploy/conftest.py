@@ -12,8 +12,8 @@ import pytest
 from deploy_support import NO_DELAYS, build_venv, wait_http
 
 from brkcoin.layout import FUNCTIONS
-from brkcoin.processes import FunctionProcess, free_port, spawn, stop
-from brkcoin.redis_server import RedisServer
+from brkcoin.platform.processes import FunctionProcess, free_port, spawn, stop
+from brkcoin.platform.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

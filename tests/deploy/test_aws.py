@@ -16,7 +16,7 @@ import pytest
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import aws_package
 from brkcoin.layout import FUNCTIONS, TICK
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 
 PREFIX = "brktest"
 NAMES = ("rng", "hasher", "worker", "webui")

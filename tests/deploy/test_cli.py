@@ -12,7 +12,7 @@ import pytest
 
 from brkcoin.cli import build_parser
 from brkcoin.cli import main as brkcoin
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 
 
 @pytest.mark.parametrize("verb", ["deploy", "destroy"])

@@ -16,7 +16,7 @@ from deploy_support import NO_DELAYS, spawn_in, wait_http
 from dockerfile_model import Stage, parse
 
 from brkcoin.layout import FUNCTIONS, ROOT
-from brkcoin.processes import free_port, functions_framework_command, stop
+from brkcoin.platform.processes import free_port, functions_framework_command, stop
 
 DOCKERFILE = ROOT / "infra" / "container" / "Dockerfile"
 NAMES = ("rng", "hasher", "worker", "webui")

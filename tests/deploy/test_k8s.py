@@ -25,7 +25,7 @@ from deploy_support import NO_DELAYS, spawn_in, wait_http
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import k8s
 from brkcoin.layout import FUNCTIONS, ROOT, TICK
-from brkcoin.processes import free_port, stop
+from brkcoin.platform.processes import free_port, stop
 
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and newest schemas we promise
 FUNCTION_NAMES = tuple(FUNCTIONS)

@@ -30,7 +30,7 @@ from deploy_support import NO_DELAYS
 
 from brkcoin.deploy import aws_package
 from brkcoin.layout import FUNCTIONS
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 
 RUNNER = """
 import json, sys

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from brkcoin.layout import FUNCTIONS
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 
 BRKCOIN = str(Path(sys.executable).with_name("brkcoin"))
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 from brkcoin.stack import Stack
 from support import assert_wallet_holds_only_true_coins, mine, serve
 

@@ -17,17 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from brkcoin.frontdoor import FrontDoor, Instance
-from brkcoin.processes import FunctionProcess, free_port
+from brkcoin.platform.processes import FunctionProcess, free_port
+from brkcoin.platform.proxy import FrontDoor, Instance
 
 
 class Door:
     """A FrontDoor serving in its own event loop thread, as `brkcoin up` runs it."""
 
-    def __init__(self, name: str, concurrency: int, queue_timeout: float = 60) -> None:
+    def __init__(self, name: str, concurrency: int, line_timeout: float = 60) -> None:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.door = FrontDoor(name, concurrency, queue_timeout)
+        self.door = FrontDoor(name, concurrency, line_timeout)
         self.port = free_port()
         self.run(self.door.start("127.0.0.1", self.port))
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,8 +49,8 @@ class Door:
 def door() -> Iterator[Callable[..., Door]]:
     doors: list[Door] = []
 
-    def make(name: str, concurrency: int = 0, queue_timeout: float = 60) -> Door:
-        doors.append(Door(name, concurrency, queue_timeout))
+    def make(name: str, concurrency: int = 0, line_timeout: float = 60) -> Door:
+        doors.append(Door(name, concurrency, line_timeout))
         return doors[-1]
 
     yield make
@@ -79,7 +79,7 @@ def test_a_full_instance_makes_requests_wait_their_turn(start_function, door):
 
 
 def test_no_free_instance_in_time_is_a_json_503(start_function, door):
-    rng = door("rng", concurrency=1, queue_timeout=0.3)
+    rng = door("rng", concurrency=1, line_timeout=0.3)
     rng.add(start_function("rng", {"RNG_DELAY": "1"}))
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(requests.get, rng.url + "/8", timeout=10)

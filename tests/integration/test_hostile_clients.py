@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from brkcoin.processes import FunctionProcess
+from brkcoin.platform.processes import FunctionProcess
 
 MiB = 1024 * 1024
 # What a body-carrying request of each function looks like, and what refuses it.

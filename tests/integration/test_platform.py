@@ -13,8 +13,8 @@ import time
 import psutil
 import pytest
 
-from brkcoin.processes import free_port
-from brkcoin.redis_server import RedisServer
+from brkcoin.platform.processes import free_port
+from brkcoin.platform.redis_server import RedisServer
 from conftest import BRKCOIN, Up, assert_all_gone
 from support import assert_wallet_holds_only_true_coins
 
@@ -170,8 +170,10 @@ def test_sigint_stops_a_background_up(up):
     "option, message",
     [(("--batch", "40000"), "--batch must be from 1 to 32768"),
      (("--concurrency", "2000"), "--concurrency must be from 1 to 1024"),
-     (("--workers", "0"), "--workers takes 1 or more"),
-     (("--scale", "rng=0"), "rng= takes a whole number from 1"),
+     (("--workers", "0"), "--workers takes 1 to 80 invocations"),
+     (("--workers", "400"), "--workers takes 1 to 80 invocations"),
+     (("--scale", "worker=100000"), "worker= takes a whole number from 1 to 80"),
+     (("--scale", "rng=0"), "rng= takes a whole number from 1 to 10"),
      (("--scale", "miner=2"), "no function 'miner'"),
      (("--concurrency", "256", "--batch", "32768"), "at most 1048576")],
 )

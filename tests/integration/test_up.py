@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from brkcoin.processes import free_port
-from brkcoin.redis_server import RedisServer
+from brkcoin.platform.processes import free_port
+from brkcoin.platform.redis_server import RedisServer
 from conftest import BRKCOIN, assert_all_gone
 from support import assert_wallet_holds_only_true_coins
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 from brkcoin.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]

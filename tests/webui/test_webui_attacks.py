@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler
 import psutil
 import pytest
 
-from brkcoin.processes import FunctionProcess, free_port
+from brkcoin.platform.processes import FunctionProcess, free_port
 from support import serve
 
 MIB = 1 << 20

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 from support import serve
 
 WEBUI = Path(__file__).resolve().parents[2] / "webui"

@@ -4,7 +4,6 @@ app.js' helpers on hand-made data, then the page against real stacks."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from brkcoin.layout import FUNCTIONS
-from brkcoin.platform import Platform
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
+from brkcoin.platform.supervisor import Platform
 from brkcoin.stack import Stack
+from support import platform_running
 
 pytestmark = pytest.mark.browser
 
@@ -257,17 +257,8 @@ def plateau(tmp_path: Path) -> Iterator[Platform]:
     running = Platform(tmp_path / "lesson", ports={n: free_port() for n in FUNCTIONS},
                        redis_port=free_port(), scale={"rng": 1}, concurrency={"rng": 1},
                        env={"RNG_DELAY": "0.1", "HASHER_DELAY": "0.1", "WORKER_DELAY": "0.1"})
-    running.start()
-    beating = threading.Event()
-
-    def heartbeat() -> None:  # publishes brkcoin:platform, as `brkcoin up` does
-        while not beating.wait(0.5):
-            running.tick()
-
-    threading.Thread(target=heartbeat, daemon=True).start()
-    yield running
-    beating.set()
-    running.stop()
+    with platform_running(running):
+        yield running
 
 
 @pytest.mark.slow

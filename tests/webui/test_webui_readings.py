@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from brkcoin.processes import free_port
+from brkcoin.platform.processes import free_port
 from support import mine
 
 BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]

@@ -8,6 +8,7 @@ dies without cleaning up (kill -9, a closed terminal). The signal follows the
 
 from __future__ import annotations
 
+import asyncio
 import compileall
 import ctypes
 import os
@@ -18,8 +19,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from brkcoin.layout import Function
+from brkcoin.platform.disk import Disk
 
 PR_SET_PDEATHSIG = 1
 
@@ -38,11 +41,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def spawn(
-    command: list[str], log: Path, env: dict[str, str] | None = None
+    command: list[str], log: Path, env: dict[str, str] | None = None,
+    disk: Disk | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a child in its own process group, its output appended to `log`."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    """Start a child in its own process group, its output appended to `log`; when
+    the log cannot be opened (a full disk), it runs all the same, unlogged."""
+    out: IO[bytes] | int = subprocess.DEVNULL
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")  # noqa: SIM115 - closed below, once the child has it
+    except OSError as e:
+        (disk or Disk()).failure(f"log {log}", e)
+    try:
         return subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -52,6 +62,9 @@ def spawn(
             start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
             preexec_fn=_die_with_parent,
         )
+    finally:
+        if not isinstance(out, int):
+            out.close()
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
@@ -122,6 +135,7 @@ class FunctionProcess:
         log_dir: Path,
         host: str = "127.0.0.1",
         name: str = "",
+        disk: Disk | None = None,
     ) -> None:
         self.function, self.port, self.host = function, port, host
         self.instance = name or function.name
@@ -131,6 +145,11 @@ class FunctionProcess:
         run_dir = Path(log_dir) / "run" / self.instance
         self.env = {**os.environ, "XDG_RUNTIME_DIR": str(run_dir), **env}
         self.process: subprocess.Popen[bytes] | None = None
+        self.disk = disk
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     @property
     def url(self) -> str:
@@ -142,9 +161,12 @@ class FunctionProcess:
 
     def start(self) -> FunctionProcess:
         check_port_free(self.host, self.port, self.name)
-        Path(self.env["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            Path(self.env["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            (self.disk or Disk()).failure(f"run folder of {self.instance}", e)
         command = functions_framework_command(self.function, self.host, self.port)
-        self.process = spawn(command, self.log, self.env)
+        self.process = spawn(command, self.log, self.env, self.disk)
         return self
 
     def wait_ready(self, timeout: float = 20) -> FunctionProcess:
@@ -169,6 +191,21 @@ class FunctionProcess:
         if self.process is not None:
             stop(self.process)
             self.process = None
+
+
+async def answers(host: str, port: int, timeout: float) -> bool:
+    """True when a function answers 200 to its `GET /` health check, on the loop."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nHost: health\r\nConnection: close\r\n\r\n")
+                status = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+    return status.startswith(b"HTTP/1.1 200 ")
 
 
 def is_up(url: str, timeout: float = 1.0) -> bool:

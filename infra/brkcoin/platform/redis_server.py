@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import redis
 
-from brkcoin import processes
+from brkcoin.platform import processes
 
 # sh -c LINGER sh SECONDS redis-server ARGS...: Redis, stopped SECONDS after the
 # shell is sent SIGTERM; or the shell ends with Redis when Redis ends first.

@@ -1,7 +1,7 @@
-"""The local serverless platform that `brkcoin up` runs.
+"""The control plane: instances started, watched, replaced and scaled.
 
 As on Cloud Run or Knative, each function has one URL, its front door
-(frontdoor.py), and N instances behind it: each a plain `functions-framework`
+(proxy.py), and N instances behind it: each a plain `functions-framework`
 process on a private loopback port. The platform
 
 - scales a function live: `scale(name, n)` starts instances and adds them to
@@ -9,14 +9,15 @@ process on a private loopback port. The platform
   requests, those in flight finish, then SIGTERM lets the function drain);
 - restarts any instance, and the embedded Redis, that dies, with back-off
   (1, 2, 4 ... 30 s), as `restart: always` does; the door holds requests in line
-  meanwhile rather than failing them;
+  meanwhile rather than failing them. An instance that times out again and again
+  (frozen) is killed and replaced, as a failed liveness probe would have it;
 - autoscales the worker: enough instances for the invocations in flight at its
   per-instance concurrency, scaling in only idle instances after a quiet minute;
-- publishes its state every second: to Redis (`brkcoin:platform`, read by the
-  web UI) and to the run file (read by `brkcoin status` and `brkcoin scale`).
+- publishes its state every beat: to Redis (`brkcoin:platform`, read by the
+  web UI) and to whoever asks `state()`.
 
-Instances are started from the thread that calls `start`, `tick` and `scale`
-(the main thread): PR_SET_PDEATHSIG follows the thread that forked.
+Everything runs on one asyncio event loop, in the main thread: instances are
+started from it, and PR_SET_PDEATHSIG follows the thread that forked.
 """
 
 from __future__ import annotations
@@ -24,26 +25,29 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
+import signal
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
+import redis.asyncio
 
-from brkcoin import processes
-from brkcoin.frontdoor import FrontDoor, Instance
 from brkcoin.layout import FUNCTIONS, Function
-from brkcoin.processes import FunctionProcess, free_port
-from brkcoin.redis_server import RedisServer
+from brkcoin.platform import processes
+from brkcoin.platform.disk import Disk
+from brkcoin.platform.processes import FunctionProcess, free_port
+from brkcoin.platform.proxy import FrontDoor, Instance
+from brkcoin.platform.redis_server import RedisServer
 
-T = TypeVar("T")
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # seconds an instance must live before its back-off resets
 SCALE_IN_AFTER = 60.0  # seconds of lower demand before the worker scales in
+BEAT = 0.5  # seconds between the control plane's looks
+KEEP_LOGS = 5  # log files kept per function of instances that have ended
 
 
 @dataclass(eq=False)
@@ -54,6 +58,7 @@ class Running:
     door: Instance
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
+    probing: bool = False
     retiring: bool = False
     restart_at: float = 0.0  # when dead: not before then
     backoff: float = 1.0
@@ -70,6 +75,7 @@ class Service:
     wanted: int
     instances: list[Running] = field(default_factory=list)
     restarts: int = 0
+    replaced: int = 0  # killed for timing out again and again
     counter: int = 0  # names instances rng-1, rng-2, ...
     demand: deque[tuple[float, int]] = field(default_factory=deque)  # autoscaler's memory
 
@@ -90,10 +96,12 @@ class Platform:
         scale: dict[str, int] | None = None,
         concurrency: dict[str, int] | None = None,
         autoscale: tuple[str, ...] = ("worker",),
+        timeouts: dict[str, float] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.logs = self.data_dir / "logs"
+        self.disk = Disk()
         ports = {n: f.port for n, f in FUNCTIONS.items()} | (ports or {})
         # Redis outlives a killed `brkcoin up` a little: the worker drains into it.
         self.redis = None if redis_url else RedisServer(self.data_dir / "redis", redis_port,
@@ -104,11 +112,13 @@ class Platform:
         self.urls = {n: f"http://{host}:{ports[n]}" for n in FUNCTIONS}
         shared = {"REDIS_URL": self.redis_url, "RNG_URL": self.urls["rng"],
                   "HASHER_URL": self.urls["hasher"], "WORKER_URL": self.urls["worker"]}
-        concurrency = concurrency or {}
+        concurrency, timeouts = concurrency or {}, timeouts or {}
         self.services = {
             name: Service(
                 function, self.urls[name],
-                FrontDoor(name, concurrency.get(name, function.concurrency)),
+                FrontDoor(name, concurrency.get(name, function.concurrency),
+                          line_timeout=timeouts.get(name, function.timeout),
+                          request_timeout=timeouts.get(name, function.timeout)),
                 shared | (env or {}), (scale or {}).get(name, 1),
             )
             for name, function in FUNCTIONS.items()
@@ -120,79 +130,66 @@ class Platform:
         self.expected: dict[str, int] = {}
         # More to publish beside the functions (`up` adds its scheduler's state).
         self.report: Callable[[], dict[str, Any]] = dict
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                       name="front doors")
-        self._state: redis.Redis | None = None
-
-    # -- the doors' event loop, in its own thread --
-    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def _call(self, function: Any, *args: Any) -> None:
-        self.loop.call_soon_threadsafe(function, *args)
+        self._state: redis.asyncio.Redis | None = None
 
     # -- start and stop --
-    def start(self, timeout: float = 30) -> Platform:
+    async def start(self, timeout: float = 30) -> Platform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for name, port in self.ports.items():
             processes.check_port_free(self.host, port, name)
         try:
             if self.redis:
                 self.redis.start()
-            self.thread.start()
             for service in self.services.values():
                 processes.compile_folder(service.function)
             for name, service in self.services.items():
-                self._run(service.door.start(self.host, self.ports[name]))
+                try:
+                    await service.door.start(self.host, self.ports[name])
+                except OSError as e:
+                    raise processes.PortInUse(f"{name} cannot listen on {self.host}:"
+                                              f"{self.ports[name]}: {e.strerror or e}") from e
             for service in self.services.values():
                 for _ in range(service.wanted):
                     self._spawn(service)
-            self._await_ready(timeout)
+            await self._await_ready(timeout)
         except BaseException:
-            self.stop()
+            await self.stop()
             raise
         return self
 
-    def _await_ready(self, timeout: float) -> None:
+    async def _await_ready(self, timeout: float) -> None:
         give_up = time.monotonic() + timeout
-        while not all(r.ready for s in self.services.values() for r in s.instances):
-            for service in self.services.values():
-                for running in service.instances:
-                    if not running.ready and running.process.process is not None:
-                        if running.process.process.poll() is not None:
-                            raise processes.StartFailed(
-                                f"{running.process.instance} exited; see {running.process.log}")
-                        self._check_ready(service, running)
+        everyone = [(s, r) for s in self.services.values() for r in s.instances]
+        while not all(r.ready for _, r in everyone):
+            for service, running in everyone:
+                process = running.process.process
+                if process is not None and process.poll() is not None:
+                    raise processes.StartFailed(
+                        f"{running.process.instance} exited; see {running.process.log}")
+                self._probe(service, running)
             if time.monotonic() > give_up:
-                late = [r.process.instance for s in self.services.values()
-                        for r in s.instances if not r.ready]
+                late = [r.process.instance for _, r in everyone if not r.ready]
                 raise processes.StartFailed(f"{', '.join(late)} did not answer in {timeout} s; "
                                             f"see {self.logs}")
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """SIGTERM every instance at once (the worker drains into Redis, which it
         alone needs), then Redis once they are gone."""
         everyone = [r.process for s in self.services.values() for r in s.instances]
         for process in everyone:
             process.terminate()
+        give_up = time.monotonic() + 10  # the doors carry the drained answers meanwhile
+        while any(p.alive for p in everyone) and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)
         for process in everyone:
-            process.stop()
-        if self.thread.is_alive():
-            self._run(self._close_doors(), 10)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-        if self.redis:
-            self.redis.stop()
-
-    async def _close_doors(self) -> None:
+            process.stop()  # SIGKILL what lingers, reap
         for service in self.services.values():
             await service.door.close()
-        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in rest:
-            task.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
+        if self._state is not None:
+            await self._state.aclose()
+        if self.redis:
+            self.redis.stop()
 
     # -- instances --
     def _spawn(self, service: Service) -> Running:
@@ -200,15 +197,28 @@ class Platform:
         name = f"{service.function.name}-{service.counter}"
         port = free_port(self.host)
         process = FunctionProcess(service.function, port, service.env, self.logs, self.host,
-                                  name=name)
+                                  name=name, disk=self.disk)
         running = Running(process.start(), Instance(name, self.host, port))
         service.instances.append(running)
         return running
 
-    def _check_ready(self, service: Service, running: Running) -> None:
-        if running.process.is_up(0.3):
-            running.ready = True
-            self._call(service.door.add, running.door)
+    def _probe(self, service: Service, running: Running) -> None:
+        """Ask the instance's health check, in the background; it joins the door
+        once it answers."""
+        if running.probing or running.ready:
+            return
+        running.probing = True
+
+        async def probe() -> None:
+            try:
+                if await processes.answers(running.door.host, running.door.port, 0.5):
+                    if not running.ready and not running.retiring:
+                        running.ready = True
+                        service.door.add(running.door)
+            finally:
+                running.probing = False
+
+        asyncio.get_running_loop().create_task(probe())
 
     def scale(self, name: str, wanted: int) -> None:
         service = self.services[name]
@@ -230,13 +240,16 @@ class Platform:
 
     def _retire(self, service: Service, running: Running) -> None:
         running.retiring = True
-        running.door.draining = True  # read by the door's thread: no new requests
-        future = asyncio.run_coroutine_threadsafe(
-            service.door.remove(running.door, timeout=2.0), self.loop)
-        future.add_done_callback(lambda _: running.process.terminate())
+        running.door.draining = True  # no new requests
 
-    # -- the platform's heartbeat, from the main thread --
-    def tick(self) -> None:
+        async def retire() -> None:
+            await service.door.remove(running.door, timeout=2.0)
+            running.process.terminate()
+
+        asyncio.get_running_loop().create_task(retire())
+
+    # -- the heartbeat --
+    async def beat(self) -> None:
         """Supervise, converge on the wanted scale, autoscale, publish."""
         now = time.monotonic()
         for name, service in self.services.items():
@@ -245,33 +258,48 @@ class Platform:
             self._supervise(service, now)
             self._converge(service)
         self._supervise_redis(now)
-        self._publish()
+        await self._publish()
 
     def _supervise(self, service: Service, now: float) -> None:
         for running in list(service.instances):
             process = running.process.process
-            if process is not None and process.poll() is None:
+            alive = process is not None and process.poll() is None
+            if alive and running.door.unhealthy and not running.retiring:
+                assert process is not None
+                processes.signal_group(process.pid, signal.SIGKILL)  # frozen: replaced
+                service.replaced += 1
+                running.door.timeouts = 0
+                continue  # reaped as dead at the next beat
+            if alive:
                 if not running.ready:
-                    self._check_ready(service, running)
+                    self._probe(service, running)
                 elif now - running.started > STABLE_AFTER:
                     running.backoff = 1.0
                 continue
             if running.retiring:  # done draining and gone: as wanted
                 running.process.stop()
                 service.instances.remove(running)
+                self._prune_logs(service)
                 continue
             if running.restart_at == 0.0:  # it just died
-                running.door.draining = True
-                self._call(service.door.drop, running.door)
+                service.door.drop(running.door)
                 running.restart_at = now + running.backoff
-                if process is not None:
-                    processes.stop(process)  # reap it, and what is left of its group
+                running.process.stop()  # reap it, and what is left of its group
             elif now >= running.restart_at:
                 service.restarts += 1
                 backoff = min(MAX_BACKOFF, running.backoff * 2)
                 service.instances.remove(running)
                 replacement = self._spawn(service)
                 replacement.backoff = backoff
+                self._prune_logs(service)
+
+    def _prune_logs(self, service: Service) -> None:
+        """Keep the logs of the last KEEP_LOGS ended instances of the function."""
+        live = {r.process.log for r in service.instances}
+        ended = [p for p in self.logs.glob(f"{service.function.name}-*.log") if p not in live]
+        ended.sort(key=lambda p: int(p.stem.rpartition("-")[2] or 0))
+        for path in ended[:-KEEP_LOGS]:
+            path.unlink(missing_ok=True)
 
     def _supervise_redis(self, now: float) -> None:
         server = self.redis
@@ -316,24 +344,27 @@ class Platform:
                     "in_flight": s.door.in_flight,
                     "queued": s.door.queued,
                     "restarts": s.restarts,
+                    "replaced": s.replaced,
                     "url": s.url,
                 }
                 for name, s in self.services.items()
             },
             "redis": {"url": self.redis_url, "embedded": self.redis is not None,
                       "restarts": self.redis_restarts},
+            "disk": self.disk.state(),
         }
 
-    def _publish(self) -> None:
+    async def _publish(self) -> None:
         state = self.state()
         public = {"functions": {n: {k: v for k, v in f.items() if k != "url"}
-                                for n, f in state["functions"].items()}} | self.report()
+                                for n, f in state["functions"].items()},
+                  "disk": state["disk"]} | self.report()
         try:
             if self._state is None:
-                self._state = redis.Redis.from_url(self.redis_url, socket_timeout=0.5,
-                                                   socket_connect_timeout=0.5)
-            self._state.set("brkcoin:platform", json.dumps(public), ex=5)
-        except redis.RedisError:
+                self._state = redis.asyncio.Redis.from_url(
+                    self.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            await self._state.set("brkcoin:platform", json.dumps(public), ex=5)
+        except (redis.RedisError, OSError, TimeoutError):
             pass  # Redis down: the status line says so; nothing to publish to
 
     def pids(self) -> list[tuple[str, int]]:

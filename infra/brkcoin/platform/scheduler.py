@@ -4,14 +4,14 @@ on a sub-minute interval, and each tick invokes the worker as a cloud scheduler 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
-import requests
 from cronsim import CronSim, CronSimError
 
 # An invocation mines for this share of the tick, as a 1-minute cron mining 55 s,
@@ -70,7 +70,7 @@ def parse_every(text: str) -> Interval:
 
 
 class Scheduler:
-    """Calls `fire(tick_seconds)` at each tick until stopped.
+    """Calls `fire(tick_seconds)` at each tick until stopped, on the event loop.
 
     The clock and the wait are injectable so tests can run a day of cron in a moment.
     """
@@ -80,29 +80,28 @@ class Scheduler:
         schedule: Interval | Cron,
         fire: Callable[[float], None],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        wait: Callable[[float], bool] | None = None,
+        wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.schedule, self.fire, self.now = schedule, fire, now
-        self.stopped = threading.Event()
-        self.wait = wait or self.stopped.wait  # returns True once stopped
+        self.schedule, self.fire, self.now, self.wait = schedule, fire, now, wait
+        self.failures = 0
+        self.last_failure = ""
 
-    def run(self, ticks: int | None = None) -> None:
+    async def run(self, ticks: int | None = None) -> None:
         tick = self.schedule.first(self.now())
         while ticks is None or ticks > 0:
             delay = (tick - self.now()).total_seconds()
-            if delay > 0 and self.wait(delay):
-                return
-            if self.stopped.is_set():
-                return
+            if delay > 0:
+                await self.wait(delay)
             following = self.schedule.next_after(tick)
-            self.fire((following - tick).total_seconds())
+            try:
+                self.fire((following - tick).total_seconds())
+            except Exception as e:  # a tick that failed is not the end of the schedule
+                self.failures += 1
+                self.last_failure = f"{type(e).__name__}: {e}"
             tick = following
             while tick <= self.now():  # skip ticks missed while asleep, as cron does
                 tick = self.schedule.next_after(tick)
             ticks = None if ticks is None else ticks - 1
-
-    def stop(self) -> None:
-        self.stopped.set()
 
 
 class WorkerTrigger:
@@ -110,6 +109,8 @@ class WorkerTrigger:
     {"seconds": ...} and the bearer token, to the worker's URL.
 
     `fanout` is "N workers" in the DockerCoins lesson; it may change between ticks.
+    An invocation mines for MINING_SHARE of the tick, at most `max_seconds` (the
+    worker's own bound), so a long interval mines in bursts rather than failing.
     The overlap policy is a Kubernetes CronJob's concurrencyPolicy: "skip" (Forbid,
     the default) lets no tick start while invocations of an earlier one still
     run, so a slow worker can never build a backlog; "allow" starts them anyway,
@@ -124,57 +125,91 @@ class WorkerTrigger:
         token: str = "",
         log: Callable[[str], None] = print,
         overlap: str = "skip",
+        max_seconds: float = 900.0,
     ) -> None:
         if overlap not in ("skip", "allow"):
             raise BadSchedule(f"the overlap policy is skip or allow, not {overlap!r}")
         self.url, self.fanout, self.inputs, self.log = worker_url, fanout, inputs or {}, log
-        self.overlap = overlap
+        self.overlap, self.max_seconds = overlap, max_seconds
         self.headers = {"Content-Type": "application/json", "User-Agent": "brkcoin-scheduler"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
-        self.lock = threading.Lock()
         self.in_flight = 0
         self.ticks = self.skipped = self.invocations = 0
         self.answers: Counter[str] = Counter()  # "200", "503", "unreachable"...
         self.problem = ""  # the latest answer that was not a 200, in a line
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def mining_seconds(self, tick_seconds: float) -> float:
+        return min(self.max_seconds, max(1.0, round(tick_seconds * MINING_SHARE, 1)))
 
     def __call__(self, tick_seconds: float) -> None:
-        seconds = max(1.0, round(tick_seconds * MINING_SHARE, 1))
-        body = json.dumps({"seconds": seconds, **self.inputs})
-        with self.lock:
-            self.ticks += 1
-            busy = self.in_flight and (self.overlap == "skip"
-                                       or self.in_flight >= 4 * self.fanout)
-            if busy:
-                self.skipped += 1
-                self.log(f"tick skipped: {self.in_flight} invocation(s) of earlier ticks "
-                         "still running")
-                return
-            self.in_flight += self.fanout
-            self.invocations += self.fanout
+        seconds = self.mining_seconds(tick_seconds)
+        body = json.dumps({"seconds": seconds, **self.inputs}).encode()
+        self.ticks += 1
+        if self.in_flight and (self.overlap == "skip" or self.in_flight >= 4 * self.fanout):
+            self.skipped += 1
+            self.log(f"tick skipped: {self.in_flight} invocation(s) of earlier ticks "
+                     "still running")
+            return
+        if not self.fanout:
+            return  # paused
+        self.in_flight += self.fanout
+        self.invocations += self.fanout
         for _ in range(self.fanout):
-            threading.Thread(target=self._invoke, args=(body, seconds), daemon=True).start()
+            task = asyncio.get_running_loop().create_task(self._invoke(body, seconds))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
-    def _invoke(self, body: str, seconds: float) -> None:
+    async def _invoke(self, body: bytes, seconds: float) -> None:
         try:
-            response = requests.post(self.url, data=body, headers=self.headers,
-                                     timeout=seconds + 60)
-            outcome, text = str(response.status_code), response.text.strip()
-        except requests.RequestException as e:
-            outcome, text = "unreachable", str(e)
-        self.log(f"worker {outcome}: {text}")
-        with self.lock:
+            status, text = await post(self.url, body, self.headers, timeout=seconds + 60)
+            outcome = str(status)
+        except (OSError, TimeoutError, ValueError) as e:
+            outcome, text = "unreachable", str(e) or type(e).__name__
+        finally:
             self.in_flight -= 1
-            self.answers[outcome] += 1
-            if outcome != "200":
-                self.problem = f"{outcome}: {_first_line(text)}"
+        self.log(f"worker {outcome}: {text}")
+        self.answers[outcome] += 1
+        if outcome != "200":
+            self.problem = f"{outcome}: {_first_line(text)}"
 
     def state(self) -> dict[str, object]:
-        with self.lock:
-            return {"fanout": self.fanout, "overlap": self.overlap, "ticks": self.ticks,
-                    "skipped": self.skipped, "invocations": self.invocations,
-                    "in_flight": self.in_flight, "answers": dict(self.answers),
-                    "problem": self.problem}
+        return {"fanout": self.fanout, "overlap": self.overlap, "ticks": self.ticks,
+                "skipped": self.skipped, "invocations": self.invocations,
+                "in_flight": self.in_flight, "answers": dict(self.answers),
+                "problem": self.problem}
+
+
+MAX_ANSWER = 1024 * 1024  # a worker's summary is a few hundred bytes
+
+
+async def post(url: str, body: bytes, headers: dict[str, str],
+               timeout: float) -> tuple[int, str]:
+    """POST `body` to a plain-HTTP `url` on the event loop; (status, answer text).
+    Small and bounded on purpose: one request, Connection: close, a summary back."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"the scheduler posts to http:// URLs, not {url!r}")
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+        try:
+            head = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}",
+                    f"Content-Length: {len(body)}", "Connection: close",
+                    *(f"{k}: {v}" for k, v in headers.items())]
+            writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+            answer = await reader.read(MAX_ANSWER)
+            while len(answer) < MAX_ANSWER and (more := await reader.read(MAX_ANSWER)):
+                answer += more
+        finally:
+            writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, text = rest.partition(b"\r\n\r\n")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"not an HTTP answer: {status_line[:60]!r}") from None
+    return status, text.decode(errors="replace")
 
 
 def _first_line(text: str) -> str:

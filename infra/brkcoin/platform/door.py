@@ -1,0 +1,158 @@
+"""The front door's rules, with no I/O: which instance takes a request, who waits
+in line, and when a request has waited or run too long.
+
+What Cloud Run's front end and Knative's activator decide: a request goes to the
+instance with the fewest requests in flight that still has a free slot under the
+per-instance concurrency (Cloud Run's --concurrency, Knative's
+containerConcurrency), and among equals to the one that served least, so idle
+instances take turns. When every slot is taken, requests wait in line, first
+come first served, up to a bound. A request whose client has gone leaves the
+line or frees its slot at once. Every decision is a function of this state and
+the time it is given (`now`), so the rules are tested on a fake clock; the byte
+proxy (proxy.py) does the I/O and asks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+UNHEALTHY_AFTER = 2  # timeouts in a row: the platform replaces the instance
+REST = 1.0  # seconds an instance that refused a connection or timed out gets no request
+
+
+@dataclass(eq=False)
+class Instance:
+    """One function instance (a functions-framework process) behind the door."""
+
+    name: str
+    host: str
+    port: int
+    in_flight: int = 0
+    served: int = 0
+    draining: bool = False
+    resting_until: float = 0.0
+    timeouts: int = 0  # in a row
+
+    @property
+    def unhealthy(self) -> bool:
+        return self.timeouts >= UNHEALTHY_AFTER
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's place: in line, then on an instance until it is done."""
+
+    arrived: float
+    instance: Instance | None = None
+    started: float = 0.0  # when it got its instance
+    done: bool = False
+
+
+class LineFull(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class Door:
+    name: str
+    concurrency: int = 0  # per instance; 0: no limit
+    line_timeout: float = 30.0  # seconds a request may wait for a slot
+    request_timeout: float = 30.0  # seconds an instance may take to answer
+    max_line: int = 1000
+    instances: list[Instance] = field(default_factory=list)
+    line: deque[Ticket] = field(default_factory=deque)
+    running: set[Ticket] = field(default_factory=set)
+
+    # -- requests --
+    def arrive(self, now: float) -> Ticket:
+        """A request's ticket, with its instance if one has room and nobody waits."""
+        ticket = Ticket(now)
+        instance = None if self.line else self._free(now)
+        if instance is not None:
+            self._grant(ticket, instance, now)
+        elif len(self.line) >= self.max_line:
+            raise LineFull(f"{len(self.line)} {self.name} requests already waiting")
+        else:
+            self.line.append(ticket)
+        return ticket
+
+    def finish(self, ticket: Ticket, now: float, outcome: str = "answered") -> list[Ticket]:
+        """The request is over: answered, its client gone ("gone"), its instance
+        refused the connection ("refused") or took too long ("timeout"). Frees its
+        slot or its place in line; returns the tickets that got an instance by it."""
+        if ticket.done:
+            return []
+        ticket.done = True
+        instance = ticket.instance
+        if instance is None:
+            if ticket in self.line:
+                self.line.remove(ticket)
+            return []
+        self.running.discard(ticket)
+        instance.in_flight -= 1
+        if outcome == "answered":
+            instance.served += 1
+            instance.timeouts = 0
+        elif outcome in ("refused", "timeout"):
+            instance.resting_until = now + REST
+            instance.timeouts += outcome == "timeout"
+        return self.serve_line(now)
+
+    def expired(self, now: float) -> tuple[list[Ticket], list[Ticket]]:
+        """(tickets that waited in line too long, now out of it; tickets whose
+        instance has taken longer than the request timeout, still on it)."""
+        waited = []
+        while self.line and now - self.line[0].arrived >= self.line_timeout:
+            ticket = self.line.popleft()
+            ticket.done = True
+            waited.append(ticket)
+        slow = [t for t in self.running if now - t.started >= self.request_timeout]
+        return waited, slow
+
+    def serve_line(self, now: float) -> list[Ticket]:
+        """Give free slots to the line, first come first served."""
+        granted = []
+        while self.line and (instance := self._free(now)) is not None:
+            ticket = self.line.popleft()
+            self._grant(ticket, instance, now)
+            granted.append(ticket)
+        return granted
+
+    def _grant(self, ticket: Ticket, instance: Instance, now: float) -> None:
+        instance.in_flight += 1
+        ticket.instance, ticket.started = instance, now
+        self.running.add(ticket)
+
+    def _free(self, now: float) -> Instance | None:
+        best = None
+        for i in self.instances:
+            if (not i.draining and now >= i.resting_until
+                    and (not self.concurrency or i.in_flight < self.concurrency)
+                    and (best is None or (i.in_flight, i.served) < (best.in_flight, best.served))):
+                best = i
+        return best
+
+    # -- instances --
+    def add(self, instance: Instance, now: float) -> list[Ticket]:
+        self.instances.append(instance)
+        return self.serve_line(now)
+
+    def drop(self, instance: Instance) -> None:
+        """Forget it: it died, or it has drained."""
+        instance.draining = True
+        if instance in self.instances:
+            self.instances.remove(instance)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(i.in_flight for i in self.instances)
+
+    @property
+    def queued(self) -> int:
+        return len(self.line)
+
+    def next_rest_end(self, now: float) -> float | None:
+        """When a resting instance may take requests again, if the line waits for it."""
+        ends = [i.resting_until for i in self.instances if i.resting_until > now]
+        return min(ends) if ends and self.line else None
