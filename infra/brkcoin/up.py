@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -301,14 +302,18 @@ class Status:
     def apply_control(self) -> None:
         """What `brkcoin scale` asked for; a bad request is said and ignored, and
         the last good scale stays."""
-        asked = runfile.read(self.data_dir, runfile.CONTROL)
-        if not asked:
-            return
-        self.platform.disk.write("control.json",
-                                 lambda: runfile.remove(self.data_dir, runfile.CONTROL))
+        path = self.data_dir / runfile.CONTROL
         try:
+            text = path.read_text()
+        except OSError:
+            return  # nothing asked (or unreadable: it is tried again)
+        self.platform.disk.write("control.json", lambda: path.unlink(missing_ok=True))
+        try:
+            asked = json.loads(text)
+            if not isinstance(asked, dict):
+                raise ValueError(f"not a JSON object: {_shown(text)}")
             wanted = checked_scale(asked.get("scale"))
-        except ValueError as e:
+        except ValueError as e:  # JSON's errors included
             self.trigger.problem = f"control.json ignored: {e}"
             self.trigger.log(f"control.json ignored: {e}")
             return
@@ -367,6 +372,9 @@ def status_line(state: dict[str, Any]) -> str:
     if scheduler["problem"]:
         ticks += f", last {scheduler['problem'][:60]}"
     parts.append(ticks)
+    disk = state.get("disk") or {}
+    if disk.get("failed_writes"):
+        parts.append(f"{disk['failed_writes']} failed writes, last {disk['last_failure'][:60]}")
     return " | ".join(parts)
 
 

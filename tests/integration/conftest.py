@@ -30,8 +30,10 @@ class Up:
         self.ports = ports or {n: free_port() for n in FUNCTIONS} | {"redis": free_port()}
         self.data_dir = data_dir
         args = [f"--{n}-port={p}" for n, p in self.ports.items()]
+        if not {"--every", "--schedule"} & set(extra):
+            args += ["--every", "2s"]
         self.process = subprocess.Popen(
-            [BRKCOIN, "up", "--data-dir", str(data_dir), "--every", "2s", *args, *extra],
+            [BRKCOIN, "up", "--data-dir", str(data_dir), *args, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={k: v for k, v in os.environ.items() if k != "REDIS_URL"} | (env or {}),
             # as a non-interactive shell starts a background job: SIGINT ignored
