@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import signal
 import time
 from collections import deque
@@ -294,12 +295,23 @@ class Platform:
                 self._prune_logs(service)
 
     def _prune_logs(self, service: Service) -> None:
-        """Keep the logs of the last KEEP_LOGS ended instances of the function."""
-        live = {r.process.log for r in service.instances}
-        ended = [p for p in self.logs.glob(f"{service.function.name}-*.log") if p not in live]
-        ended.sort(key=lambda p: int(p.stem.rpartition("-")[2] or 0))
-        for path in ended[:-KEEP_LOGS]:
-            path.unlink(missing_ok=True)
+        """Keep the logs of the last KEEP_LOGS ended instances of the function; an
+        ended instance's run folder goes at once."""
+        live = {r.process.instance for r in service.instances}
+        name = service.function.name
+
+        def ended(pattern: str) -> list[Path]:
+            numbered = [p for p in self.logs.glob(pattern)
+                        if p.stem.removeprefix(f"{name}-").isdigit() and p.stem not in live]
+            return sorted(numbered, key=lambda p: int(p.stem.removeprefix(f"{name}-")))
+
+        try:
+            for path in ended(f"{name}-*.log")[:-KEEP_LOGS]:
+                path.unlink(missing_ok=True)
+            for folder in ended(f"run/{name}-*"):
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError as e:
+            self.disk.failure("pruning the logs", e)
 
     def _supervise_redis(self, now: float) -> None:
         server = self.redis
