@@ -33,9 +33,10 @@ from brkcoin.platform.scheduler import (
     WorkerTrigger,
     parse_every,
 )
-from brkcoin.platform.supervisor import Platform
+from brkcoin.platform.supervisor import Platform, redacted
 
 T = TypeVar("T")
+OPEN_REDIS = "redis has no password (--redis-no-password)"
 DATA_DIR = Path(os.environ.get("BRKCOIN_DATA", ".brkcoin"))
 LESSON_DELAYS = {"RNG_DELAY": "0.1", "HASHER_DELAY": "0.1", "WORKER_DELAY": "0.1"}
 
@@ -51,6 +52,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         up.add_argument(f"--{name}-port", type=int, default=function.port, metavar="PORT")
     up.add_argument("--redis-port", type=int, default=6380, metavar="PORT",
                     help="embedded Redis port, when REDIS_URL is unset (6380)")
+    up.add_argument("--redis-no-password", action="store_true",
+                    help="run the embedded Redis with no password, for DockerCoins' own "
+                         "worker and web UI (any local user can then write the wallet)")
     when = up.add_mutually_exclusive_group()
     when.add_argument("--every", default="10s", help="local interval between ticks (10s)")
     when.add_argument("--schedule", metavar="CRON", help='cron expression, e.g. "* * * * *"')
@@ -192,7 +196,8 @@ def run_up(args: argparse.Namespace) -> int:
     ports = {n: getattr(args, f"{n}_port") for n in FUNCTIONS}
     platform = Platform(args.data_dir, args.host, ports, args.redis_port,
                         os.environ.get("REDIS_URL"), env, scale, concurrency,
-                        timeouts=dict(args.timeout))
+                        timeouts=dict(args.timeout),
+                        redis_password=not args.redis_no_password)
     inputs = {n: getattr(args, n) for n in ("concurrency", "batch") if getattr(args, n)}
     settings = worker_settings().Settings.from_env(os.environ)
     trigger = WorkerTrigger(platform.urls["worker"], fanout, inputs,
@@ -272,7 +277,9 @@ class Status:
         for name, url in platform.urls.items():
             print(f"  {name:7} {url}" + ("   <- open this" if name == "webui" else ""))
         embedded = f"  (embedded, AOF in {platform.redis.data_dir})" if platform.redis else ""
-        print(f"  redis   {platform.redis_url}{embedded}")
+        print(f"  redis   {redacted(platform.redis_url)}{embedded}")
+        if platform.redis and not platform.redis.secured:
+            print(f"  warning: {OPEN_REDIS}")
         print(f"  schedule {self.schedule}, {trigger.fanout} worker invocation(s) per tick")
         print(f"  logs    {platform.logs}    Ctrl-C stops everything", flush=True)
 
@@ -372,6 +379,8 @@ def status_line(state: dict[str, Any]) -> str:
     if scheduler["problem"]:
         ticks += f", last {scheduler['problem'][:60]}"
     parts.append(ticks)
+    if not state["redis"].get("password", True):
+        parts.append(OPEN_REDIS)
     disk = state.get("disk") or {}
     if disk.get("failed_writes"):
         parts.append(f"{disk['failed_writes']} failed writes, last {disk['last_failure'][:60]}")

@@ -62,7 +62,15 @@ class Up:
         return psutil.Process(self.process.pid).children(recursive=True)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis(port=self.ports["redis"], socket_timeout=2)
+        """A client of the embedded Redis, with the password `up` made for it."""
+        return redis.Redis(port=self.ports["redis"], password=self.redis_password(),
+                           socket_timeout=2)
+
+    def redis_password(self) -> str | None:
+        try:
+            return (self.data_dir / "redis" / "password").read_text().strip()
+        except OSError:
+            return None  # --redis-no-password
 
     def status(self) -> dict:
         """What `up` last wrote to status.json."""

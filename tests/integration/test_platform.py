@@ -12,6 +12,7 @@ import time
 
 import psutil
 import pytest
+import redis
 
 from brkcoin.platform.processes import free_port
 from brkcoin.platform.redis_server import RedisServer
@@ -192,3 +193,28 @@ def test_scheduler_errors_show_in_the_status_line(up):
     stack.wait_for("last 503", timeout=40)
     assert "redis unreachable" in stack.output
     assert psutil.Process(stack.process.pid).is_running()
+
+
+def test_redis_killed_with_its_wrapper_10_times_in_a_row_is_back_within_5_s(up):
+    """kill -9 of the process group that wraps Redis (linger.py and redis-server),
+    again and again: the back-off stays short, and no orphan keeps the port."""
+    stack = up("--schedule", "0 0 1 1 *")
+    stack.wait_for("brkcoin is up")
+    client = stack.redis()
+    for kill in range(10):
+        [wrapper] = _instance_pids(stack, "linger-redis")
+        os.killpg(wrapper, signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.RedisError:
+                pass
+            assert time.monotonic() - killed < 5, f"kill {kill + 1}: Redis not back in 5 s"
+            time.sleep(0.05)
+        stack.wait_until(lambda s, n=kill + 1: s["redis"]["restarts"] == n, timeout=5)
+        give_up = time.monotonic() + 5  # stack.json names the new wrapper
+        while _instance_pids(stack, "linger-redis") == [wrapper]:
+            assert time.monotonic() < give_up
+            time.sleep(0.05)

@@ -11,6 +11,8 @@ import subprocess
 import time
 
 import pytest
+import redis
+import requests
 
 from brkcoin.platform.processes import free_port
 from brkcoin.platform.redis_server import RedisServer
@@ -28,12 +30,21 @@ def test_up_mines_answers_status_and_mine(up):
         time.sleep(0.5)
     assert_wallet_holds_only_true_coins(client)
 
+    password = stack.redis_password()
     status = subprocess.run(
-        [BRKCOIN, "status", "--redis-url", f"redis://127.0.0.1:{stack.ports['redis']}/0",
-         "--sample", "1.5"], capture_output=True, text=True, timeout=30,
+        [BRKCOIN, "status", "--redis-url",
+         f"redis://:{password}@127.0.0.1:{stack.ports['redis']}/0", "--sample", "1.5"],
+        capture_output=True, text=True, timeout=30,
     )
     report = json.loads(status.stdout)
     assert report["hashes"] >= 20 and report["rate"] > 0
+    # The embedded Redis refuses a client without the password...
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=stack.ports["redis"], socket_timeout=2).hset("wallet", "0" * 64, "x")
+    # ... and neither the status nor the output shows it.
+    assert password and password not in stack.output
+    assert password not in (stack.data_dir / "status.json").read_text()
+    assert stack.data_dir.stat().st_mode & 0o077 == 0  # stack.json holds the URL
 
     mined = subprocess.run(
         [BRKCOIN, "mine", "--url", f"http://127.0.0.1:{stack.ports['worker']}", "--seconds", "1"],
@@ -126,3 +137,25 @@ def test_stopping_up_mid_invocation_is_quick_and_loses_nothing(up):
         assert int(reopened.client().get("hashes")) == sum(s["hashes"] for s in summaries)
     finally:
         reopened.stop()
+
+
+def test_dockercoins_own_worker_and_webui_can_use_the_wallet_by_explicit_choice(up):
+    """The original worker and web UI connect to Redis with no password: with
+    --redis-no-password (and a warning) they work against our functions and wallet."""
+    stack = up("--redis-no-password", "--schedule", "0 0 1 1 *")
+    stack.wait_for("brkcoin is up")
+    assert "warning: redis has no password" in stack.output
+    original = redis.Redis(port=stack.ports["redis"], socket_timeout=2)  # as theirs do
+    rng, hasher = (f"http://127.0.0.1:{stack.ports[n]}" for n in ("rng", "hasher"))
+    coins = 0
+    for _ in range(48):  # the original worker's loop, call for call
+        random_bytes = requests.get(f"{rng}/32", timeout=5).content
+        hex_hash = requests.post(f"{hasher}/", data=random_bytes, timeout=5).text
+        if hex_hash.startswith("0"):
+            original.hset("wallet", hex_hash, random_bytes)
+            coins += 1
+    original.incrby("hashes", 48)
+    assert int(original.get("hashes")) == 48 and original.hlen("wallet") == coins  # their UI
+    ours = requests.get(f"http://127.0.0.1:{stack.ports['webui']}/json", timeout=5).json()
+    assert (ours["hashes"], ours["coins"]) == (48, coins)
+    stack.wait_until(lambda s: s.get("redis", {}).get("password") is False)

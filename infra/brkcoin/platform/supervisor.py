@@ -7,8 +7,9 @@ process on a private loopback port. The platform
 - scales a function live: `scale(name, n)` starts instances and adds them to
   the door once they answer, or retires some (the door stops sending them
   requests, those in flight finish, then SIGTERM lets the function drain);
-- restarts any instance, and the embedded Redis, that dies, with back-off
-  (1, 2, 4 ... 30 s), as `restart: always` does; the door holds requests in line
+- restarts any instance that dies with back-off (1, 2, 4 ... 30 s), as
+  `restart: always` does, and the embedded Redis after 0.25, 0.5, 1, then 2 s
+  (backoff.py; both reset after a minute of health); the door holds requests in line
   meanwhile rather than failing them. An instance that times out again and again
   (frozen) is killed and replaced, as a failed liveness probe would have it;
 - autoscales the worker: enough instances for the invocations in flight at its
@@ -33,16 +34,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
 
 from brkcoin.layout import FUNCTIONS, Function
 from brkcoin.platform import processes
+from brkcoin.platform.backoff import Backoff
 from brkcoin.platform.disk import Disk
 from brkcoin.platform.processes import FunctionProcess, free_port
 from brkcoin.platform.proxy import FrontDoor, Instance
-from brkcoin.platform.redis_server import RedisServer
+from brkcoin.platform.redis_server import RedisServer, RedisUnavailable
 
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # seconds an instance must live before its back-off resets
@@ -98,6 +101,7 @@ class Platform:
         concurrency: dict[str, int] | None = None,
         autoscale: tuple[str, ...] = ("worker",),
         timeouts: dict[str, float] | None = None,
+        redis_password: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
@@ -106,10 +110,12 @@ class Platform:
         ports = {n: f.port for n, f in FUNCTIONS.items()} | (ports or {})
         # Redis outlives a killed `brkcoin up` a little: the worker drains into it.
         self.redis = None if redis_url else RedisServer(self.data_dir / "redis", redis_port,
-                                                        host, linger=0.6)
-        self.redis_url = redis_url or RedisServer.url_of(host, redis_port)
+                                                        host, linger=0.6,
+                                                        password=redis_password)
+        self.redis_url = self.redis.url if self.redis else str(redis_url)
         self.redis_restarts = 0
-        self.redis_restart_at = 0.0
+        self.redis_restart_at: float | None = None
+        self.redis_backoff = Backoff()
         self.urls = {n: f"http://{host}:{ports[n]}" for n in FUNCTIONS}
         shared = {"REDIS_URL": self.redis_url, "RNG_URL": self.urls["rng"],
                   "HASHER_URL": self.urls["hasher"], "WORKER_URL": self.urls["worker"]}
@@ -136,11 +142,13 @@ class Platform:
     # -- start and stop --
     async def start(self, timeout: float = 30) -> Platform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # stack.json holds the Redis URL, password and all
         for name, port in self.ports.items():
             processes.check_port_free(self.host, port, name)
         try:
             if self.redis:
                 self.redis.start()
+                self.redis_backoff.started(time.monotonic())
             for service in self.services.values():
                 processes.compile_folder(service.function)
             for name, service in self.services.items():
@@ -314,19 +322,21 @@ class Platform:
             self.disk.failure("pruning the logs", e)
 
     def _supervise_redis(self, now: float) -> None:
+        """Restart the embedded Redis when it died, after a back-off that stays
+        short (it is the wallet) and resets after a minute of health."""
         server = self.redis
-        if server is None or server.process is None or server.process.poll() is None:
+        if server is None or server.alive:
             return
-        if self.redis_restart_at == 0.0:
-            self.redis_restart_at = now + min(MAX_BACKOFF, 2.0 ** self.redis_restarts)
+        if self.redis_restart_at is None:
+            self.redis_restart_at = now + self.redis_backoff.failed(now)
         elif now >= self.redis_restart_at:
             self.redis_restarts += 1
-            self.redis_restart_at = 0.0
+            self.redis_restart_at = None
             try:
-                server.process = None
-                server.start()
-            except Exception:  # it will be tried again, later
-                self.redis_restart_at = now + MAX_BACKOFF
+                server.launch()  # answers in a moment; the worker retries meanwhile
+                self.redis_backoff.started(now)
+            except (processes.PortInUse, RedisUnavailable, OSError):
+                self.redis_restart_at = now + self.redis_backoff.failed(now)
 
     def _autoscale(self, service: Service, now: float) -> None:
         """Instances for the requests in flight and in line, at the per-instance
@@ -361,7 +371,8 @@ class Platform:
                 }
                 for name, s in self.services.items()
             },
-            "redis": {"url": self.redis_url, "embedded": self.redis is not None,
+            "redis": {"url": redacted(self.redis_url), "embedded": self.redis is not None,
+                      "password": self.redis is None or self.redis.secured,
                       "restarts": self.redis_restarts},
             "disk": self.disk.state(),
         }
@@ -382,8 +393,16 @@ class Platform:
     def pids(self) -> list[tuple[str, int]]:
         found = [(r.process.instance, r.process.process.pid) for s in self.services.values()
                  for r in s.instances if r.process.process is not None]
-        if self.redis and self.redis.process:
-            found.append(("linger-redis", self.redis.process.pid))
-            if self.redis.server_pid:
-                found.append(("redis", self.redis.server_pid))
+        if self.redis:
+            found += self.redis.pids()
         return found
+
+
+def redacted(url: str) -> str:
+    """The URL with its password, if any, as *** (for what is shown or printed)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{parts.hostname}"
+                          + (f":{parts.port}" if parts.port else "")).geturl()
