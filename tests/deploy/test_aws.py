@@ -220,7 +220,7 @@ def test_unreachable_endpoint_is_a_clear_error(layer: str, capsys) -> None:
     (["--redis-url", "redis://wallet:6379/0", "--no-vendor"], "--no-vendor needs --layer ARN"),
     (["--redis-url", "redis://wallet:6379/0", "--seconds", "900"], "--seconds must be"),
     (["--redis-url", "redis://wallet:6379/0", "--schedule", "* * * * *"],
-     "--schedule must be an EventBridge expression"),
+     "--schedule '* * * * *' is not an EventBridge schedule"),
     (["--redis-url", "redis://wallet:6379/0", "--real-aws", "--endpoint-url", "http://x:1"],
      "--real-aws and --endpoint-url exclude each other"),
 ])

@@ -27,7 +27,7 @@ def test_every_target_is_a_subcommand(verb: str) -> None:
     (["destroy", "compose"], "docker"),
     (["deploy", "k8s"], "kubectl"),
     (["destroy", "k8s", "--variant", "plain"], "kubectl"),
-    (["deploy", "gcp", "--project", "demo", "--region", "europe-west1"], "gcloud"),
+    (["deploy", "gcp", "--project", "my-project", "--region", "europe-west1"], "gcloud"),
 ])
 def test_a_missing_tool_is_named(argv: list[str], tool: str, tmp_path: Path, monkeypatch,
                                  capsys) -> None:

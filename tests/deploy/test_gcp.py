@@ -25,8 +25,8 @@ from brkcoin.deploy.plan import Operation
 from brkcoin.deploy.shell import Command, Each, Step, argv
 from brkcoin.layout import FUNCTIONS, TICK
 
-ARGS = ["--project", "demo", "--region", "europe-west1"]
-SA = "{}@demo.iam.gserviceaccount.com"
+ARGS = ["--project", "my-project", "--region", "europe-west1"]
+SA = "{}@my-project.iam.gserviceaccount.com"
 
 
 class Shown(dict[str, str]):
@@ -71,7 +71,7 @@ def test_apis_network_and_redis_come_first() -> None:
     [subnet] = find(steps, "gcloud", "compute", "networks", "subnets", "create")
     assert "--enable-private-ip-google-access" in subnet.command
     [redis] = find(steps, "gcloud", "redis", "instances", "create")
-    assert flags(redis.command)["--network"] == "projects/demo/global/networks/brkcoin"
+    assert flags(redis.command)["--network"] == "projects/my-project/global/networks/brkcoin"
     assert redis.check[:4] == ("gcloud", "redis", "instances", "describe")
     [host] = [s for s in steps_of(steps) if s.capture == gcp.REDIS_HOST]
     assert steps.index(host) > steps.index(redis)
@@ -258,7 +258,7 @@ def test_without_gcloud_a_clear_message(tmp_path: Path, monkeypatch, capsys) -> 
 
 @pytest.mark.parametrize("missing, message", [
     ([], "--project is required"),
-    (["--project", "demo"], "--region is required"),
+    (["--project", "my-project"], "--region is required"),
     (["--project", "Demo!", "--region", "europe-west1"], "is not a project id"),
 ])
 def test_inputs_are_checked(missing: list[str], message: str, capsys, monkeypatch) -> None:

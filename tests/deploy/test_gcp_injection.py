@@ -15,7 +15,7 @@ from fake_gcloud import FakeGcloud, expected_calls
 
 from brkcoin.cli import build_parser
 from brkcoin.cli import main as brkcoin
-from brkcoin.deploy import gcp
+from brkcoin.deploy import gcp, rules
 from brkcoin.deploy.plan import Plan, show
 from brkcoin.deploy.shell import Command, Each, Step, items_of, join, shell_word
 
@@ -27,10 +27,13 @@ PAYLOADS = {  # {marker} is replaced by the path of a file that must never appea
     "double-quote": '";touch {marker};"',
     "backslash": "\\';touch {marker};\\",
     "newline": "\ntouch {marker}\n",
+    "carriage-return": "\rtouch {marker}\r",
+    "escape": "\x1b]0;touch {marker}\x07",
+    "line-separator": "\u2028touch {marker}",
     "braces": "${A}$(touch {marker})",  # the form that once switched to double quotes
 }
 VALID = {  # a good value of every option that takes one; the payload is appended
-    "--project": "demo",
+    "--project": "my-project",
     "--region": "europe-west1",
     "--prefix": "brkcoin",
     "--network": "shared",
@@ -41,7 +44,7 @@ VALID = {  # a good value of every option that takes one; the payload is appende
     "--backend-access": "iam",
     "--base-image": "python312",
 }
-REQUIRED = {"--project": "demo", "--region": "europe-west1"}
+REQUIRED = {"--project": "my-project", "--region": "europe-west1"}
 TOGETHER = {"--network": "shared", "--subnet": "shared-ew1"}
 
 
@@ -94,9 +97,9 @@ def test_defaults_from_the_environment_are_checked_too(
         variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     text, marker = hostile(PAYLOADS["braces"], tmp_path)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "my-project")
     monkeypatch.setenv("GOOGLE_CLOUD_REGION", "europe-west1")
-    monkeypatch.setenv(variable, "demo" + text)
+    monkeypatch.setenv(variable, "my-project" + text)
     assert brkcoin(["deploy", "gcp", "--dry-run"]) == 2
     out, err = capsys.readouterr()
     option = "--project" if variable.endswith("PROJECT") else "--region"
@@ -113,7 +116,10 @@ def test_defaults_from_the_environment_are_checked_too(
     ("--schedule", "* * * *", "is not a five-field cron schedule"),
     ("--schedule", "* * * * * *", "is not a five-field cron schedule"),
     ("--schedule", "61 * * * *", "is not a five-field cron schedule"),
-    ("--schedule", "*\t* * * *", "is not a five-field cron schedule"),
+    ("--schedule", "*\t* * * *", "is not printable text"),
+    ("--project", "demo", "is not a project id"),  # 6 to 30
+    ("--prefix", "a", "is not a name prefix"),  # a-rng: a service account id is 6 to 30
+    ("--base-image", "Python312", "is not an image"),
 ])
 def test_values_of_a_known_shape_are_checked(
         option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,7 +177,9 @@ def test_quoting_holds_for_any_text_and_any_captured_value(tmp_path: Path,
 
 def test_deploy_without_a_shell_passes_values_intact(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real run (no --dry-run) puts in only the plan's own variables, too."""
+    """The real run (no --dry-run) puts in only the plan's own variables, too (below
+    the checks: --base-image taken as any printable text)."""
+    monkeypatch.setitem(gcp.OPTION_RULES, "base_image", rules.TEXT)
     text, marker = hostile("${REDIS_HOST}" + PAYLOADS["braces"], tmp_path)
     fake = FakeGcloud.install(tmp_path)
     for name, setting in fake.env().items():

@@ -145,7 +145,7 @@ DRY_RUNS = {  # target: (what destroy takes too, what only deploy takes)
     "compose": ([], ["--workers", "3"]),
     "k8s": ([], ["--workers", "3"]),
     "aws": ([], ["--workers", "3", "--redis-url", "redis://wallet:6379/0"]),
-    "gcp": (["--project", "demo", "--region", "europe-west1"], ["--workers", "3"]),
+    "gcp": (["--project", "my-project", "--region", "europe-west1"], ["--workers", "3"]),
 }
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 
+import psutil
 import pytest
 import redis
 import requests
@@ -88,7 +89,8 @@ def test_next_up_stops_the_leftovers_of_a_crashed_run(up, tmp_path):
     dead_owner.wait()
     (data_dir / "stack.json").write_text(json.dumps({
         "owner": dead_owner.pid,
-        "processes": [{"name": "rng", "pid": orphan.pid, "cmdline": ["sleep", "300"]}],
+        "processes": [{"name": "rng", "pid": orphan.pid, "cmdline": ["sleep", "300"],
+                       "started": psutil.Process(orphan.pid).create_time()}],
     }))
     stack = up()
     stack.wait_for("brkcoin is up")

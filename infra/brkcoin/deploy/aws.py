@@ -20,7 +20,7 @@ import json
 import os
 from urllib.parse import urlsplit
 
-from brkcoin.deploy import aws_package
+from brkcoin.deploy import aws_package, rules
 from brkcoin.deploy.aws_calls import Call, Calls, Ensure, Package, Prune, Session, region_default
 from brkcoin.deploy.common import DeployError
 from brkcoin.deploy.plan import Operation, Plan, Values, Var
@@ -45,6 +45,8 @@ TAGS = {"app": "brkcoin", "managed-by": "brkcoin deploy aws"}
 ORDER = ("rng", "hasher", "worker", "webui")
 EVENT_TARGET = {"worker": "worker_event"}  # the CloudEvent target for non-HTTP events
 ROLE_ARN, RULES, RULE = Var("ROLE_ARN"), Var("RULES"), Var("RULE")
+OPTION_RULES = {"prefix": rules.AWS_PREFIX, "region": rules.AWS_REGION,
+                "layer": rules.LAYER_ARN, "schedule": rules.EVENTBRIDGE_SCHEDULE}
 MAX_SECONDS = 840  # the worker's Lambda timeout is at most 900 s: 60 s for the flush
 
 
@@ -81,13 +83,21 @@ def add_destroy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate_connection(args: argparse.Namespace) -> None:
+    rules.check(args, OPTION_RULES)
     if args.real_aws and args.endpoint_url and \
             args.endpoint_url != os.environ.get("AWS_ENDPOINT_URL", ""):
         raise DeployError("--real-aws and --endpoint-url exclude each other: pass one")
-    url = urlsplit(args.endpoint_url)
-    if args.endpoint_url and (url.scheme not in ("http", "https") or not url.hostname):
+    if args.endpoint_url and not _is_http_url(args.endpoint_url):
         raise DeployError(f"--endpoint-url must look like http://HOST:PORT, "
                           f"got {args.endpoint_url!r}")
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        url = urlsplit(text)
+        return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # a port that is not one
+        return False
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -108,9 +118,6 @@ def validate(args: argparse.Namespace) -> None:
     if not 0 < args.seconds <= MAX_SECONDS:
         raise DeployError(f"--seconds must be above 0 and at most {MAX_SECONDS} (the worker's "
                           "Lambda timeout is 15 minutes)")
-    if not args.schedule.startswith(("rate(", "cron(")) or not args.schedule.endswith(")"):
-        raise DeployError(f"--schedule must be an EventBridge expression like "
-                          f"'rate(1 minute)' or 'cron(* * * * ? *)', got {args.schedule!r}")
 
 
 def function_env(function: Function, redis_url: str) -> dict[str, object]:

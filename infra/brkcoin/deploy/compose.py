@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 
+from brkcoin.deploy import rules
 from brkcoin.deploy.common import CONTAINER_DIR, DeployError, capture, require_tool
 from brkcoin.deploy.plan import Plan
 from brkcoin.deploy.shell import Step
 from brkcoin.layout import ROOT
 
 COMPOSE_FILE = CONTAINER_DIR / "compose.yaml"
+OPTION_RULES = {"project": rules.COMPOSE_PROJECT, "registry": rules.REGISTRY.or_empty(),
+                "tag": rules.IMAGE_TAG}
 DOCKER_HINT = "install Docker (https://docs.docker.com/engine/install/), or use --dry-run"
 
 
@@ -64,6 +67,7 @@ def _plan(title: str, steps: list[Step], done: str = "") -> Plan:
 
 
 def deploy_plan(args: argparse.Namespace) -> Plan:
+    rules.check(args, OPTION_RULES)
     compose = ("docker", "compose", "-f", _file(), "-p", args.project)
     env, workers = _env(args), args.workers
     if not args.swarm:
@@ -87,6 +91,7 @@ def deploy_plan(args: argparse.Namespace) -> Plan:
 
 
 def destroy_plan(args: argparse.Namespace) -> Plan:
+    rules.check(args, OPTION_RULES)
     if args.swarm:
         return _plan("brkcoin destroy compose --swarm", [Step(
             f"remove the stack {args.project}", ("docker", "stack", "rm", args.project))])

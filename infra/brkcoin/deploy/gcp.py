@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from cronsim import CronSim, CronSimError
 
+from brkcoin.deploy import rules
 from brkcoin.deploy.common import DeployError, require_tool
 from brkcoin.deploy.plan import Operation, Plan, Var
 from brkcoin.deploy.shell import Command, Each, Step, Word, join
@@ -36,12 +37,13 @@ GCLOUD_HINT = ("install the Google Cloud CLI (https://cloud.google.com/sdk/docs/
 APIS = ("run.googleapis.com", "cloudbuild.googleapis.com", "artifactregistry.googleapis.com",
         "compute.googleapis.com", "redis.googleapis.com", "cloudscheduler.googleapis.com")
 ROLES = ("rng", "hasher", "worker", "webui", "scheduler")  # one service account each
-# Compute Engine resource names (networks, subnets): RFC 1035 labels.
-RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 CRON_FIELD = r"[0-9A-Za-z*/,-]+"
 CRON = re.compile(rf"{CRON_FIELD}(?: +{CRON_FIELD}){{4}}")  # unix-cron: five fields
 REDIS_HOST = Var("REDIS_HOST")
 STALE_JOBS, JOB = Var("STALE_JOBS"), Var("JOB")
+OPTION_RULES = {"project": rules.GCP_PROJECT, "region": rules.GCP_REGION,
+                "prefix": rules.GCP_PREFIX, "network": rules.GCP_RESOURCE.or_empty(),
+                "subnet": rules.GCP_RESOURCE.or_empty(), "base_image": rules.IMAGE}
 NOTES = ("run from the repository root; a bash script as printed (save it, `bash -e FILE`)",)
 
 
@@ -101,20 +103,10 @@ def validate(args: argparse.Namespace) -> None:
     """Refuse every value of a known shape that is not of it, before anything runs."""
     if not args.project:
         raise DeployError("--project is required (or set $GOOGLE_CLOUD_PROJECT)")
-    if not re.fullmatch(r"[a-z][a-z0-9.:-]*[a-z0-9]", args.project):
-        raise DeployError(f"--project {args.project!r} is not a project id (lowercase letters, "
-                          "digits, hyphens)")
     if not args.region:
         raise DeployError("--region is required, e.g. --region europe-west1 "
                           "(or set $GOOGLE_CLOUD_REGION)")
-    if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", args.region):
-        raise DeployError(f"--region {args.region!r} is not a region like europe-west1")
-    if not re.fullmatch(r"[a-z][a-z0-9-]{0,14}", args.prefix):
-        raise DeployError("--prefix must be lowercase letters, digits and hyphens, at most 15")
-    for option, name in (("--network", args.network), ("--subnet", args.subnet)):
-        if name and not RESOURCE_NAME.fullmatch(name):
-            raise DeployError(f"{option} {name!r} is not a resource name (lowercase letters, "
-                              "digits and hyphens, at most 63)")
+    rules.check(args, OPTION_RULES)
     if bool(args.network) != bool(args.subnet):
         raise DeployError("--network and --subnet go together (an existing subnet of it)")
     if not _is_range(args.range):

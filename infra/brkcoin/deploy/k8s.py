@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from brkcoin.deploy import rules
 from brkcoin.deploy.common import K8S_DIR, DeployError, capture, require_tool
 from brkcoin.deploy.plan import Operation, Plan
 from brkcoin.deploy.shell import Step, WriteFile
@@ -33,6 +34,7 @@ KNATIVE_CRDS = ("services.serving.knative.dev", "pingsources.sources.knative.dev
 KUBECTL_HINT = "install kubectl (https://kubernetes.io/docs/tasks/tools/), or use --dry-run"
 NAMESPACE = "brkcoin"
 SLOT = "brkcoin/slot"  # the label that numbers the PingSources
+OPTION_RULES = {"registry": rules.REGISTRY.or_empty(), "tag": rules.IMAGE_TAG}
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +186,7 @@ def _plan(args: argparse.Namespace, verb: str, operations: list[Operation]) -> P
 
 
 def deploy_plan(args: argparse.Namespace) -> Plan:
+    rules.check(args, OPTION_RULES)
     workers = args.workers
     manifests = to_yaml(render(args.variant, args.registry, args.tag, workers))
     if args.out:
@@ -206,6 +209,7 @@ def deploy_plan(args: argparse.Namespace) -> Plan:
 
 
 def destroy_plan(args: argparse.Namespace) -> Plan:
+    rules.check(args, OPTION_RULES)
     # Deleting the Namespace (in the stream) removes the Redis PVC and the wallet too.
     manifests = to_yaml(render(args.variant, args.registry, args.tag))
     return _plan(args, "destroy", [Step(

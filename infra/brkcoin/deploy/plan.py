@@ -74,6 +74,12 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _safe(line: str) -> str:
+    """A line of an operation's `how`: a comment stays one line whatever values it
+    shows (commands quote their own, shell.py)."""
+    return one_line(line) if line.lstrip().startswith("#") else line
+
+
 def show(plan: Plan) -> str:
     """The plan as it is printed by --dry-run."""
     count = len(plan.operations)
@@ -82,7 +88,7 @@ def show(plan: Plan) -> str:
     lines += [f"# {one_line(note)}" for note in plan.notes]
     for number, operation in enumerate(plan.operations, 1):
         lines.append(f"# {number}. {one_line(operation.description)}")
-        lines += operation.how()
+        lines += map(_safe, operation.how())
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +102,7 @@ def carry_out(plan: Plan) -> Values:
         try:
             operation.apply(values)
         except DeployError as e:
-            raise DeployError(f"step {number} ({operation.description}): {e}") from e
+            raise DeployError(f"step {number} ({one_line(operation.description)}): {e}") from e
     message = plan.outcome(values)
     if message:
         print(message)

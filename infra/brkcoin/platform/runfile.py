@@ -22,6 +22,8 @@ from typing import Any
 import psutil
 
 STACK, STATUS, CONTROL = "stack.json", "status.json", "control.json"
+PID_MAX = 2**31 - 1  # pid_t; os.killpg overflows beyond
+CLOCK_SLACK = 1.0  # seconds a recorded start time may differ by (see _still_ours)
 
 
 def write(data_dir: Path, name: str, content: dict[str, Any]) -> None:
@@ -46,11 +48,16 @@ def remove(data_dir: Path, *names: str) -> None:
 
 def record(data_dir: Path, urls: dict[str, str], redis_url: str,
            started: list[tuple[str, int]]) -> None:
-    """Write stack.json: this process owns the folder; what it runs, and where."""
+    """Write stack.json: this process owns the folder; what it runs, and where. Each
+    process with its command line and start time: a pid the system has since given
+    to another process is then never taken for one of ours."""
     processes = []
     for name, pid in started:
         try:
-            processes.append({"name": name, "pid": pid, "cmdline": psutil.Process(pid).cmdline()})
+            process = psutil.Process(pid)
+            with process.oneshot():
+                processes.append({"name": name, "pid": pid, "cmdline": process.cmdline(),
+                                  "started": process.create_time()})
         except psutil.Error:
             pass  # gone already: nothing to clean up later
     write(data_dir, STACK, {"owner": os.getpid(), "urls": urls, "redis_url": redis_url,
@@ -59,22 +66,25 @@ def record(data_dir: Path, urls: dict[str, str], redis_url: str,
 
 def running_owner(data_dir: Path) -> int | None:
     """The pid of a `brkcoin up` that still owns this data folder, if any."""
-    owner = _process(read(data_dir, STACK).get("owner", -1))
-    if owner and owner.pid != os.getpid() and "brkcoin" in " ".join(owner.cmdline()):
-        return int(owner.pid)
+    owner = _process(read(data_dir, STACK).get("owner"))
+    try:
+        if owner and owner.pid != os.getpid() and "brkcoin" in " ".join(owner.cmdline()):
+            return owner.pid
+    except psutil.Error:
+        pass  # gone, or not ours to read
     return None
 
 
 def leftovers(data_dir: Path) -> list[dict[str, Any]]:
-    """Processes a dead run recorded in stack.json that are still running."""
+    """Processes a dead run recorded in stack.json that are still running: the very
+    processes it started, not others that now have their pids."""
     if running_owner(data_dir):
         return []  # not leftovers: their run is alive and owns them
-    alive = []
-    for entry in read(data_dir, STACK).get("processes", []):
-        process = _process(entry.get("pid", -1))
-        if process and process.cmdline() == entry.get("cmdline"):
-            alive.append(entry)
-    return alive
+    stack = read(data_dir, STACK)
+    entries = stack.get("processes")
+    if not isinstance(entries, list):
+        return []
+    return [entry for entry in entries if _still_ours(entry, stack.get("owner"))]
 
 
 def end_leftovers(data_dir: Path) -> list[dict[str, Any]]:
@@ -83,17 +93,41 @@ def end_leftovers(data_dir: Path) -> list[dict[str, Any]]:
     ports they hold are free at once."""
     found = leftovers(data_dir)
     for entry in found:
-        try:
-            os.killpg(entry["pid"], signal.SIGKILL)  # each child leads its own group
-        except (ProcessLookupError, PermissionError):
-            pass
+        pid = entry["pid"]
+        try:  # an instance leads its own group; Redis under linger.py is in linger's
+            (os.killpg if os.getpgid(pid) == pid else os.kill)(pid, signal.SIGKILL)
+        except OSError:
+            pass  # gone meanwhile
     psutil.wait_procs([p for p in map(_process, (e["pid"] for e in found)) if p], timeout=5)
     remove(data_dir, STACK, STATUS, CONTROL)
     return found
 
 
+def _still_ours(entry: object, owner: object) -> bool:
+    """An entry as `record` writes it, whose pid is still that process (same command
+    line and start time), run by our user, and neither init, the owner, ourselves
+    nor our group: the file may be stale or crafted, and its pids get SIGKILL."""
+    if not isinstance(entry, dict):
+        return False
+    name, pid, cmdline, started = (entry.get(k) for k in ("name", "pid", "cmdline", "started"))
+    if not (isinstance(name, str) and name.isprintable() and isinstance(cmdline, list)
+            and isinstance(started, float)) or pid in (1, owner, os.getpid(), os.getpgrp()):
+        return False
+    process = _process(pid)
+    try:
+        # create_time follows the wall clock (psutil adds the boot time, which NTP may
+        # move): a second of slack; a reused pid would need the same command line too.
+        return (process is not None and process.cmdline() == cmdline
+                and abs(process.create_time() - started) < CLOCK_SLACK
+                and process.uids().real == os.getuid())
+    except (psutil.Error, OSError):
+        return False
+
+
 def _process(pid: object) -> psutil.Process | None:
-    if not isinstance(pid, int) or pid <= 0:
+    """The live process a pid read from a file names, if it is a pid at all (an int,
+    not a bool, in range)."""
+    if type(pid) is not int or not 0 < pid <= PID_MAX:
         return None
     try:
         process = psutil.Process(pid)
