@@ -21,6 +21,9 @@
   const COIN_ROWS = 10;
   const FUNCTIONS = ["rng", "hasher", "worker"];
   const UPSTREAMS = ["rng", "hasher"]; // the worker's calls, timed by the worker
+  // What the page shows for a null figure: its Redis key holds what the worker
+  // never writes there (the answer's `unreadable` says why).
+  const UNKNOWN = "unknown";
 
   /* Hashes per second at the newest reading: delta hashes / delta now, as in
    * DockerCoins, but across the last >= 5 s of readings instead of the last poll.
@@ -138,9 +141,11 @@
   }
 
   /* "instances × concurrency · queued" from the local platform's report of a
-   * function; null when it has none (every other target). */
+   * function; null when it has none (every other target), unknown when its
+   * numbers are not counts. */
   function scaleText(report) {
-    if (!report || !isCount(report.instances) || !isCount(report.concurrency)) return null;
+    if (!report) return null;
+    if (!isCount(report.instances) || !isCount(report.concurrency)) return UNKNOWN;
     const each = report.concurrency === 0 ? "unlimited" : String(report.concurrency);
     let text = report.instances + " \u00d7 " + each;
     if (isCount(report.queued)) text += " \u00b7 " + report.queued + " queued";
@@ -148,7 +153,8 @@
   }
 
   function scheduleText(scheduler) {
-    if (!scheduler || typeof scheduler.schedule !== "string") return null;
+    if (!scheduler) return null;
+    if (typeof scheduler.schedule !== "string") return UNKNOWN;
     let text = scheduler.schedule.slice(0, 40);
     if (isCount(scheduler.fanout)) text += " \u00b7 fan-out " + scheduler.fanout;
     if (isCount(scheduler.skipped) && scheduler.skipped > 0) {
@@ -175,6 +181,19 @@
     if (value === null) return "\u2013"; // no timed call
     if (value < 1000) return threeDigits.format(value) + " ms";
     return threeDigits.format(value / 1000) + " s";
+  }
+
+  /* A figure that may be unknown (null), else as `format` shows it. */
+  function orUnknown(value, format) {
+    return value === null ? UNKNOWN : format(value);
+  }
+
+  /* Why an answer's nulls are unknown, from its `unreadable` ({key: why}); "" when none. */
+  function unreadableText(data) {
+    const keys = data.unreadable && typeof data.unreadable === "object" ? data.unreadable : {};
+    return Object.keys(keys)
+      .map((key) => "Redis key '" + key + "' " + String(keys[key]).slice(0, 200))
+      .join("; ");
   }
 
   function formatAge(seconds) {
@@ -242,17 +261,17 @@
   }
 
   function isWallet(data) {
-    const isNumber = (k) => typeof data[k] === "number" && isFinite(data[k]);
-    return ["coins", "hashes", "now"].every(isNumber);
+    const isNumber = (v) => typeof v === "number" && isFinite(v);
+    return isNumber(data.now) && [data.coins, data.hashes].every((v) => v === null || isNumber(v));
   }
 
   function isStats(data) {
-    const rate = (v) => typeof v === "number" && isFinite(v) && v >= 0;
+    const rate = (v) => v === null || (typeof v === "number" && isFinite(v) && v >= 0);
     const msOrNull = (v) => v === null || isMs(v);
     const isUpstream = (u) => Boolean(u) && rate(u.calls_per_s) && rate(u.errors_per_s) &&
       msOrNull(u.p50_ms) && msOrNull(u.p95_ms);
     const isWorker = (w) => Boolean(w) && rate(w.hashes_per_s) &&
-      ["instances", "invocations", "loops"].every((k) => isCount(w[k]));
+      ["instances", "invocations", "loops"].every((k) => w[k] === null || isCount(w[k]));
     const f = data.functions || {};
     return rate(data.window) && UPSTREAMS.every((name) => isUpstream(f[name])) &&
       isWorker(f.worker);
@@ -318,16 +337,19 @@
     const reports = platform.functions && typeof platform.functions === "object"
       ? platform.functions : {};
     for (const name of UPSTREAMS) {
-      setField(name, "calls_per_s", f[name].calls_per_s, formatSpeed(f[name].calls_per_s));
-      setField(name, "p50_ms", f[name].p50_ms, formatMs(f[name].p50_ms));
-      setField(name, "p95_ms", f[name].p95_ms, formatMs(f[name].p95_ms));
-      setField(name, "errors_per_s", f[name].errors_per_s, formatSpeed(f[name].errors_per_s));
-      fieldOf(name, "errors_per_s").classList.toggle("bad", f[name].errors_per_s > 0);
+      const u = f[name];
+      // A null p50 with calls known means no timed call ("–"); with calls unknown, unknown.
+      const ms = (v) => (u.calls_per_s === null ? UNKNOWN : formatMs(v));
+      setField(name, "calls_per_s", u.calls_per_s, orUnknown(u.calls_per_s, formatSpeed));
+      setField(name, "p50_ms", u.p50_ms, ms(u.p50_ms));
+      setField(name, "p95_ms", u.p95_ms, ms(u.p95_ms));
+      setField(name, "errors_per_s", u.errors_per_s, orUnknown(u.errors_per_s, formatSpeed));
+      fieldOf(name, "errors_per_s").classList.toggle("bad", u.errors_per_s > 0);
     }
     const w = f.worker;
-    setField("worker", "hashes_per_s", w.hashes_per_s, formatSpeed(w.hashes_per_s));
+    setField("worker", "hashes_per_s", w.hashes_per_s, orUnknown(w.hashes_per_s, formatSpeed));
     for (const key of ["invocations", "loops", "instances"]) {
-      setField("worker", key, w[key], integer.format(w[key]));
+      setField("worker", key, w[key], orUnknown(w[key], integer.format));
     }
     for (const name of FUNCTIONS) setOptional(name, "scale", scaleText(reports[name]));
     setOptional("worker", "schedule", scheduleText(platform.scheduler));
@@ -345,6 +367,8 @@
       const other = UPSTREAMS.find((name) => name !== slow);
       text = "Slowest: " + slow + " (p50 " + formatMs(f[slow].p50_ms) + "; " + other + " " +
         formatMs(f[other].p50_ms) + ")";
+    } else if (UPSTREAMS.some((name) => f[name].calls_per_s === null)) {
+      text = "Per-function figures unknown.";
     } else if (UPSTREAMS.every((name) => f[name].p50_ms !== null)) {
       text = "rng and hasher answer alike (p50 " + formatMs(f.rng.p50_ms) + ").";
     } else {
@@ -353,10 +377,11 @@
     if (bottleneck.textContent !== text) bottleneck.textContent = text;
   }
 
-  function renderCoins(list, now) {
+  /* list: null when unknown, `why` says why. */
+  function renderCoins(list, now, why) {
     const body = $("coins-body");
     body.replaceChildren();
-    for (const coin of list.slice(0, COIN_ROWS)) {
+    for (const coin of (list || []).slice(0, COIN_ROWS)) {
       const row = document.createElement("tr");
       const when = document.createElement("td");
       when.className = "col-time";
@@ -375,7 +400,9 @@
       row.append(when, digest);
       body.append(row);
     }
-    $("coins-empty").hidden = list.length > 0;
+    const empty = $("coins-empty");
+    empty.hidden = Boolean(list && list.length);
+    empty.textContent = list ? "No coins recorded yet." : "Recent coins unknown: " + why;
   }
 
   function createChart(container) {
@@ -447,7 +474,8 @@
     $("api").textContent = new URL(url("json"), location.href).href;
     const panel = $("per-function");
     const chart = createChart($("chart"));
-    let coins = [];
+    let coins = []; // null: unknown, coinsWhy says why
+    let coinsWhy = "";
     let coinsSeen = null; // the `coins` count the table was last loaded for
     window.brkcoin.chart = chart;
     window.brkcoin.state = state;
@@ -455,7 +483,8 @@
     async function loadCoins() {
       try {
         const data = await getJSON(url("coins?limit=" + COIN_ROWS));
-        coins = Array.isArray(data.coins) ? data.coins : [];
+        coins = Array.isArray(data.coins) ? data.coins : null;
+        coinsWhy = unreadableText(data);
       } catch (e) {
         coinsSeen = null; // try again next poll
       }
@@ -468,18 +497,25 @@
         if (!isWallet(data)) {
           throw new HttpError(200, url("json") + " did not answer {coins, hashes, now}");
         }
-        addSample(state, data);
-        chart.setData([state.xs, state.ys]);
-        setNumber("speed", state.speed, formatSpeed(state.speed));
-        setNumber("hashes", data.hashes, integer.format(data.hashes));
-        setNumber("coins", data.coins, integer.format(data.coins));
-        setStatus("live", "live");
+        if (data.hashes === null) {
+          state.gap = true; // no reading: the line breaks here, as when Redis is down
+          state.speed = null;
+        } else {
+          addSample(state, data);
+          chart.setData([state.xs, state.ys]);
+        }
+        const speed = data.hashes === null ? UNKNOWN : formatSpeed(state.speed);
+        setNumber("speed", state.speed, speed);
+        setNumber("hashes", data.hashes, orUnknown(data.hashes, integer.format));
+        setNumber("coins", data.coins, orUnknown(data.coins, integer.format));
+        const why = unreadableText(data);
+        setStatus("live", "live", why && "Shown as unknown: " + why);
         setHealth("webui", true, "answering /json");
-        if (data.coins !== coinsSeen) {
+        if (data.coins === null || data.coins !== coinsSeen) {
           coinsSeen = data.coins;
           await loadCoins();
         }
-        renderCoins(coins, data.now);
+        renderCoins(coins, data.now, coinsWhy);
       } catch (e) {
         state.gap = true;
         coinsSeen = null;
@@ -520,7 +556,10 @@
         }
         renderStats(data);
         panel.classList.remove("stale");
-        $("fn-note").textContent = "last " + data.window + " s, as the worker timed its calls";
+        const why = unreadableText(data);
+        $("fn-note").textContent = why
+          ? "unknown: " + why
+          : "last " + data.window + " s, as the worker timed its calls";
       } catch (e) {
         panel.classList.add("stale");
         $("fn-note").textContent = "not updating: " + e.message;
@@ -552,7 +591,7 @@
 
   window.brkcoin = {
     rate, addSample, newState, apiBase, formatSpeed, formatMs, compact, historySamples, slowest,
-    scaleText, RATE_WINDOW_S, MIN_SPAN_S,
+    scaleText, scheduleText, RATE_WINDOW_S, MIN_SPAN_S,
   };
   if (document.getElementById("chart") && typeof uPlot === "function") start();
 })();

@@ -12,9 +12,12 @@ GET /health     -> whether redis, rng, hasher and worker answer: up, ms and the 
 
 Read-only: it never writes to Redis and never reads a request body (one over 1 KiB,
 or chunked, is refused at once and the connection closed). Errors are JSON
-{"error": "..."}: Redis down or holding what the worker never writes answers 503,
-unknown paths 404, bad input 400. Every answer carries CORS headers so the same
-static files work from any host when told where this function is (?api=).
+{"error": "..."}: Redis unreachable answers 503, unknown paths 404, bad input 400.
+A key holding what the worker never writes there (a wrong type, a non-count, an
+entry too long) is no error: what it gives reads as null (unknown), and the
+answer's `unreadable` ({key: why}, present only then) says why. Reads are
+bounded whatever a key holds (see the limits below). Every answer carries CORS
+headers so the same static files work from any host when told where this function is (?api=).
 
 An async function (functions_framework.aio): the plain `functions-framework
 --target webui` command serves it with uvicorn, so a slow client holds no thread.
@@ -34,7 +37,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
@@ -166,10 +169,25 @@ HISTORY_KEY = "hashes:history"  # written by the worker: newest first, one point
 MAX_HISTORY = 600
 STATS_KEY = "brkcoin:stats"  # written by the worker: a telemetry line per flush
 STATS_WINDOW = 5  # seconds of telemetry that /stats adds up
+# A line a second from each of at most 80 invocations (the spec's MAX_WORKERS)
+# over the 6 s read is 480: twice that.
+STATS_LINES = 1000
 PLATFORM_KEY = "brkcoin:platform"  # written by the local platform only, every second
 KEY_TYPES = {"hashes": "string", "wallet": "hash", RECENT_KEY: "list", HISTORY_KEY: "list",
              STATS_KEY: "zset", PLATFORM_KEY: "string"}
-COUNTER = re.compile(rb"-?[0-9]{1,19}")  # what INCRBY leaves: a signed 64-bit integer
+# What a read may take from Redis, whatever a key holds: 41 bytes of `hashes`,
+# 64 KiB of the platform's report; a list or a set is read only while it holds at
+# most MAX_ENTRIES entries and the bytes below (as MEMORY USAGE counts them; the
+# worker's own take 11 KiB, 13 KiB and ~5 MiB), and no entry over its bound is
+# sent: at most 100 KiB of coins, 38 KiB of history and 8 MiB of telemetry.
+MAX_ENTRIES = 100_000  # keeps MEMORY USAGE's walk of a sorted set short
+BOUNDS = {  # key: (bytes of the key, bytes of an entry)
+    RECENT_KEY: (1024 * 1024, 1024),  # 100 coins of ~100 bytes
+    HISTORY_KEY: (1024 * 1024, readings.MAX_POINT),  # 600 points of ~25 bytes
+    STATS_KEY: (16 * 1024 * 1024, readings.MAX_LINE),  # 60 s of lines from 80 invocations
+}
+COUNTER = re.compile(rb"[0-9]{1,19}")  # what INCRBY of counts leaves: 0 to 2**63 - 1
+SHOWN = 40  # bytes of a bad counter shown in `unreadable`; one more is read
 DIGEST = re.compile(r"[0-9a-f]{64}")
 BANNER_BYTES = 256  # read of a function's banner; only its first line is shown...
 BANNER_CHARS = 80  # ...cut to this length
@@ -217,10 +235,6 @@ PAGE_CSP = (
 )
 
 
-class BadData(Exception):
-    """Redis holds what the worker never writes there: a 503 that names the key."""
-
-
 # ---- Redis ----
 
 _client: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
@@ -247,35 +261,89 @@ def _redis() -> redis.asyncio.Redis:
     return _client[1]
 
 
+# A range read of KEYS[1], a list or a sorted set, bounded whatever it holds.
+# Redis has no command that measures an entry without copying it, which takes
+# Redis seconds for huge ones: so a key of over ARGV[2] entries (counted by
+# ARGV[1], LLEN or ZCARD) or ARGV[3] bytes (MEMORY USAGE, which reads no entry)
+# is not read at all, and an entry over ARGV[4] bytes is sent as nil (the bound
+# that still holds where MEMORY is refused). ARGV[5...]: the read, but the key.
+# pcall: a wrong type answers its WRONGTYPE error.
+BOUNDED_READ = """
+local count = redis.pcall(ARGV[1], KEYS[1])
+if type(count) ~= 'number' then return count end
+if count > tonumber(ARGV[2]) then
+  return redis.error_reply('TOOBIG holds ' .. count .. ' entries')
+end
+local size = redis.pcall('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0')
+if type(size) == 'number' and size > tonumber(ARGV[3]) then
+  return redis.error_reply('TOOBIG holds ' .. size .. ' bytes')
+end
+local reply = redis.call(ARGV[5], KEYS[1], unpack(ARGV, 6))
+for i, entry in ipairs(reply) do
+  if #entry > tonumber(ARGV[4]) then reply[i] = false end
+end
+return reply
+"""
+
+
+def _bounded(key: str, *read: str) -> tuple[str, ...]:
+    """The range read `read` (a command and its arguments but the key) of `key`,
+    bounded as BOUNDS says, for _transaction: an entry over its bound reads as None."""
+    count = "ZCARD" if KEY_TYPES[key] == "zset" else "LLEN"
+    most, entry = BOUNDS[key]
+    return ("EVAL", BOUNDED_READ, "1", key, count, str(MAX_ENTRIES), str(most), str(entry), *read)
+
+
 async def _transaction(*commands: tuple[str, ...]) -> list[Any]:
     """Run read commands (name, key, args...) in one MULTI, so they see one moment.
-    A key of the wrong type becomes BadData naming it, not a generic error."""
+    The result of a read of a key of the wrong type, or too big, is Malformed, saying why."""
     from redis import ResponseError  # see _redis()
 
     pipe = _redis().pipeline(transaction=True)
     for command in commands:
-        # As redis-py's own zrangebyscore asks, so every version answers (member, score) pairs.
-        options = {"withscores": True} if "WITHSCORES" in command else {}
-        pipe.execute_command(*command, **options)
+        pipe.execute_command(*command)
     results: list[Any] = await pipe.execute(raise_on_error=False)
-    for command, result in zip(commands, results, strict=True):
-        if isinstance(result, ResponseError):
-            key = command[1] if len(command) > 1 else ""
-            if key in KEY_TYPES and str(result).startswith("WRONGTYPE"):
-                kind = await _redis().type(key)
-                kind = kind.decode() if isinstance(kind, bytes) else kind
-                raise BadData(f"Redis key {key!r} holds a {kind}, not a {KEY_TYPES[key]}")
+    for i, (command, result) in enumerate(zip(commands, results, strict=True)):
+        if not isinstance(result, ResponseError):
+            continue
+        key = command[3] if command[0] == "EVAL" else command[1] if len(command) > 1 else ""
+        if str(result).startswith("TOOBIG "):
+            results[i] = readings.Malformed(f"{str(result)[7:]}, more than the worker keeps there")
+        elif key in KEY_TYPES and str(result).startswith("WRONGTYPE"):
+            kind = await _redis().type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            results[i] = readings.Malformed(f"holds a {kind}, not a {KEY_TYPES[key]}")
+        else:
             raise result
     return results
 
 
-def _counter(raw: bytes | None) -> int:
-    if raw is None:
-        return 0  # before the first hash
-    if COUNTER.fullmatch(raw) and -(2**63) <= int(raw) < 2**63:
+class Reading:
+    """The values of one answer. A key that holds what the worker never writes
+    there reads as None (unknown), and `unreadable` keeps why, by key."""
+
+    def __init__(self) -> None:
+        self.unreadable: dict[str, str] = {}
+
+    def of(self, key: str, result: Any, parse: Callable[[Any], Any] = lambda value: value) -> Any:
+        try:
+            if isinstance(result, readings.Malformed):
+                raise result
+            return parse(result)
+        except readings.Malformed as e:
+            self.unreadable[key] = str(e)
+            return None
+
+    def answer(self, **fields: Any) -> dict[str, Any]:
+        return {**fields, "unreadable": self.unreadable} if self.unreadable else fields
+
+
+def _counter(raw: bytes) -> int:
+    """The first SHOWN + 1 bytes of `hashes` as a count."""
+    if COUNTER.fullmatch(raw) and int(raw) < 2**63:
         return int(raw)
-    shown = raw[:40].decode("utf-8", "replace") + ("..." if len(raw) > 40 else "")
-    raise BadData(f"Redis key 'hashes' holds {shown!r}, not an integer")
+    shown = raw[:SHOWN].decode("utf-8", "replace") + ("..." if len(raw) > SHOWN else "")
+    raise readings.Malformed(f"holds {shown!r}, not a count")
 
 
 async def wallet_json() -> dict[str, Any]:
@@ -286,12 +354,16 @@ async def wallet_json() -> dict[str, Any]:
     whichever instance answers. `hashes` is a JSON number (0 before the first hash)
     where DockerCoins sent Redis' string or null: its page only ever subtracts two
     readings, which gives the same result for numbers, and numbers stay right for
-    any other client.
+    any other client. Only the counter's first bytes are read: a count has at most 19.
     """
-    (seconds, micros), hashes, coins = await _transaction(
-        ("TIME",), ("GET", "hashes"), ("HLEN", "wallet")
+    (seconds, micros), exists, hashes, coins = await _transaction(
+        ("TIME",), ("EXISTS", "hashes"), ("GETRANGE", "hashes", "0", str(SHOWN)),
+        ("HLEN", "wallet"),
     )
-    return {"coins": coins, "hashes": _counter(hashes), "now": seconds + micros / 1e6}
+    read = Reading()
+    return read.answer(coins=read.of("wallet", coins),
+                       hashes=read.of("hashes", hashes, _counter) if exists else 0,
+                       now=seconds + micros / 1e6)
 
 
 def _finite(value: object) -> float | None:
@@ -304,8 +376,10 @@ def _finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _coin(entry: bytes) -> dict[str, Any] | None:
-    """A `coins:recent` entry as the page shows it; None when malformed."""
+def _coin(entry: bytes | None) -> dict[str, Any] | None:
+    """A `coins:recent` entry as the page shows it; None when malformed or too long."""
+    if entry is None:
+        return None
     try:
         coin = json.loads(entry)
     except (ValueError, RecursionError):
@@ -320,19 +394,32 @@ def _coin(entry: bytes) -> dict[str, Any] | None:
 
 async def recent_coins(limit: int) -> dict[str, Any]:
     entries, total = await _transaction(
-        ("LRANGE", RECENT_KEY, "0", str(limit - 1)), ("HLEN", "wallet")
+        _bounded(RECENT_KEY, "LRANGE", "0", str(limit - 1)), ("HLEN", "wallet")
     )
+    read = Reading()
     # A malformed entry must not hide the good ones.
-    coins = [coin for coin in map(_coin, entries) if coin is not None]
-    return {"coins": coins, "total": total}
+    coins = read.of(RECENT_KEY, entries,
+                    lambda entries: [coin for coin in map(_coin, entries) if coin is not None])
+    return read.answer(coins=coins, total=read.of("wallet", total))
+
+
+def _points(entries: list[bytes | None]) -> list[list[int]]:
+    points = [point for point in map(readings.history_point, entries) if point is not None]
+    return points[::-1]
 
 
 async def history() -> dict[str, Any]:
     (seconds, micros), entries = await _transaction(
-        ("TIME",), ("LRANGE", HISTORY_KEY, "0", str(MAX_HISTORY - 1))
+        ("TIME",), _bounded(HISTORY_KEY, "LRANGE", "0", str(MAX_HISTORY - 1))
     )
-    points = [point for point in map(readings.history_point, entries) if point is not None]
-    return {"points": points[::-1], "now": seconds + micros / 1e6}
+    read = Reading()
+    return read.answer(points=read.of(HISTORY_KEY, entries, _points), now=seconds + micros / 1e6)
+
+
+def _scored(reply: list[Any]) -> list[tuple[bytes | None, float]]:
+    """ZRANGEBYSCORE's WITHSCORES reply, [member (None if too long), score, ...],
+    as (member, score) pairs."""
+    return [(member, float(score)) for member, score in zip(reply[::2], reply[1::2], strict=True)]
 
 
 async def stats() -> dict[str, Any]:
@@ -348,15 +435,14 @@ async def stats() -> dict[str, Any]:
     since = seconds + micros / 1e6 - STATS_WINDOW - 1
     (seconds, micros), entries, report = await _transaction(
         ("TIME",),
-        ("ZRANGEBYSCORE", STATS_KEY, repr(since), "+inf", "WITHSCORES"),
-        ("GET", PLATFORM_KEY),
+        _bounded(STATS_KEY, "ZRANGEBYSCORE", repr(since), "+inf", "WITHSCORES",
+                 "LIMIT", "0", str(STATS_LINES)),
+        ("GETRANGE", PLATFORM_KEY, "0", str(readings.MAX_REPORT)),
     )
-    try:
-        platform = readings.platform(report)
-    except readings.Malformed as e:
-        raise BadData(f"Redis key {PLATFORM_KEY!r} holds {e}") from e
-    summary = readings.summarize(entries, seconds + micros / 1e6, STATS_WINDOW)
-    return {**summary, "platform": platform}
+    read = Reading()
+    lines = read.of(STATS_KEY, entries, _scored)
+    summary = readings.summarize(lines, seconds + micros / 1e6, STATS_WINDOW)
+    return read.answer(**summary, platform=read.of(PLATFORM_KEY, report, readings.platform))
 
 
 # ---- /health ----
@@ -495,8 +581,6 @@ async def _from_redis(read: Awaitable[dict[str, Any]]) -> Response:
 
     try:
         return _json(200, await read)
-    except BadData as e:
-        return _error(503, str(e))
     except (redis.ConnectionError, redis.TimeoutError) as e:
         return _error(503, f"Redis unreachable at {REDIS_WHERE}: {e}")
     except redis.RedisError as e:

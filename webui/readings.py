@@ -3,6 +3,7 @@ per-flush telemetry (see the worker's wallet.py and telemetry.py), checked entry
 entry and added up. Pure functions over what Redis returned, so main.py keeps the I/O.
 
 A malformed entry is skipped, never fatal: one bad line must not hide the rest.
+An entry too long to be the worker's arrives as None (main.py leaves it in Redis).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from collections import Counter
 from typing import Any
 
 MAX_COUNT = 2**63  # counts are Redis/Python integers; anything larger is not ours
-MAX_LINE = 64 * 1024  # a telemetry line is ~1 KiB
+MAX_LINE = 8 * 1024  # a telemetry line is ~1 KiB, under 2 KiB with every count at its largest
+MAX_POINT = 64  # a history point, "[epoch second, hashes]", is under 32 bytes
+MAX_REPORT = 64 * 1024  # the platform's report is ~1 KiB
 UPSTREAMS = ("rng", "hasher")
+UPSTREAM_FIGURES = ("calls_per_s", "errors_per_s", "p50_ms", "p95_ms")
+WORKER_FIGURES = ("instances", "invocations", "loops", "hashes_per_s")
 
 
 class Malformed(ValueError):
@@ -48,8 +53,10 @@ def _text(value: object) -> str:
 # ---- hashes:history ----
 
 
-def history_point(entry: bytes) -> list[int] | None:
+def history_point(entry: bytes | None) -> list[int] | None:
     """`[epoch second, hashes]` as the worker writes it; None when malformed."""
+    if entry is None:
+        return None
     try:
         point = _json(entry)
         if not (isinstance(point, list) and len(point) == 2):
@@ -97,8 +104,8 @@ class Calls:
 class Line:
     """One flush's telemetry line."""
 
-    def __init__(self, raw: bytes) -> None:
-        if len(raw) > MAX_LINE:
+    def __init__(self, raw: bytes | None) -> None:
+        if raw is None or len(raw) > MAX_LINE:
             raise Malformed("too long")
         entry = _json(raw)
         if not isinstance(entry, dict):
@@ -132,9 +139,15 @@ def _rate(count: int, window: float) -> float:
     return round(count / window, 3)
 
 
-def summarize(entries: list[tuple[bytes, float]], now: float, window: float) -> dict[str, Any]:
+def summarize(entries: list[tuple[bytes | None, float]] | None, now: float,
+              window: float) -> dict[str, Any]:
     """Telemetry lines (line, Redis time of its flush) of the `window` seconds up
-    to `now`, added up per function; rates are per second over the window."""
+    to `now`, added up per function; rates are per second over the window.
+    None (the lines could not be read): every figure is unknown (None)."""
+    if entries is None:
+        unknown = {name: dict.fromkeys(UPSTREAM_FIGURES) for name in UPSTREAMS}
+        return {"window": window, "now": now, "skipped": None,
+                "functions": {**unknown, "worker": dict.fromkeys(WORKER_FIGURES)}}
     lines: list[Line] = []
     skipped = 0
     for raw, flushed in sorted(entries, key=lambda entry: entry[1]):
@@ -170,17 +183,32 @@ def summarize(entries: list[tuple[bytes, float]], now: float, window: float) -> 
 # ---- brkcoin:platform ----
 
 
-def platform(raw: bytes | None) -> dict[str, Any] | None:
-    """The local platform's JSON object as it wrote it; None when it writes none
-    (any other target). Malformed raises: it is one key, not a stream of lines."""
-    if raw is None:
+def _report_int(text: str) -> int | None:
+    if len(text) > 20:  # no count; and past 4300 digits int() would refuse the whole report
         return None
-    if len(raw) > MAX_LINE:
-        raise Malformed(f"{len(raw)} bytes, too many for the platform's report")
+    value = int(text)
+    return value if -MAX_COUNT < value < MAX_COUNT else None
+
+
+def _report_float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None  # 1e400 parses as infinity
+
+
+def platform(raw: bytes) -> dict[str, Any] | None:
+    """The local platform's JSON object as it wrote it; None when it writes none
+    (any other target; Redis reads an absent key as b""). A number no page could
+    show (1e400, NaN, 10**30) reads as None; a report that is not a JSON object
+    of at most MAX_REPORT bytes raises Malformed."""
+    if not raw:
+        return None
+    if len(raw) > MAX_REPORT:
+        raise Malformed(f"holds over {MAX_REPORT} bytes, too many for the platform's report")
     try:
-        value = _json(raw)
-    except Malformed:
-        raise Malformed("text that is not JSON, not the platform's report") from None
+        value = json.loads(raw, parse_int=_report_int, parse_float=_report_float,
+                           parse_constant=lambda _: None)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise Malformed("holds text that is not JSON, not the platform's report") from None
     if not isinstance(value, dict):
-        raise Malformed("JSON that is not an object, not the platform's report")
+        raise Malformed("holds JSON that is not an object, not the platform's report")
     return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import threading
 import time
@@ -201,3 +202,78 @@ def test_health_round_is_reused_for_its_ttl(start_function, redis_server, trickl
     second = json.loads(_get(webui.url + "/health")[1])
     assert first == second
     assert len(connections) == 3
+
+
+# ---- hostile neighbours in Redis: whatever a key holds, a bounded read ----
+
+COIN = json.dumps({"digest": "0" * 64, "time": 1_800_000_000.0})
+LINE = json.dumps({"instance": "host:1", "invocation": "inv", "loops": 1, "hashes": 5,
+                   "bounds_ms": [1], "rng": {"calls": 0, "errors": 0, "buckets": [0, 0]},
+                   "hasher": {"calls": 0, "errors": 0, "buckets": [0, 0]}})
+
+
+def _fill_with_huge(r, huge: bytes) -> None:
+    """A good entry and two huge ones in each key the webui reads."""
+    r.set("hashes", huge)
+    r.set("brkcoin:platform", huge)
+    r.lpush("coins:recent", huge, COIN, huge)
+    r.lpush("hashes:history", huge, "[1800000000,5]", huge)
+    seconds, _ = r.time()
+    r.zadd("brkcoin:stats", {LINE: seconds, huge + b"1": seconds, huge + b"2": seconds})
+
+
+def _read_all(webui: FunctionProcess) -> dict[str, dict]:
+    """Each Redis-reading path, answered 200 within 1 s."""
+    answers = {}
+    for path in ("/json", "/coins?limit=100", "/history", "/stats"):
+        started = time.monotonic()
+        status, body = _get(webui.url + path)
+        assert status == 200 and time.monotonic() - started < 1, path
+        answers[path] = json.loads(body)
+    return answers
+
+
+def test_huge_keys_read_as_unknown_and_are_never_read(webui, redis_server):
+    """Before: /coins and /history read every byte, then answered 503 "Redis
+    unreachable" (Redis was fine) after 4-7 s; /json read all of `hashes`."""
+    r = redis_server.client(socket_timeout=30)
+    _fill_with_huge(r, b"1" * (8 * MIB))
+    r.zadd("brkcoin:stats", {str(n): 1 for n in range(100_001)})  # one more than is read
+    before = _rss(webui.process.pid)
+    answers = _read_all(webui)
+    assert _rss(webui.process.pid) - before < 10 * MIB
+    assert answers["/json"]["hashes"] is None
+    assert answers["/json"]["unreadable"]["hashes"].startswith("holds '1111")
+    assert answers["/coins?limit=100"]["coins"] is None
+    assert answers["/history"]["points"] is None
+    stats = answers["/stats"]
+    assert stats["platform"] is None and stats["functions"]["worker"]["loops"] is None
+    assert stats["unreadable"] == {
+        "brkcoin:stats": "holds 100004 entries, more than the worker keeps there",
+        "brkcoin:platform": "holds over 65536 bytes, too many for the platform's report",
+    }
+    for path in ("/coins?limit=100", "/history"):
+        [(key, why)] = answers[path]["unreadable"].items()
+        assert re.fullmatch(r"holds \d+ bytes, more than the worker keeps there", why), path
+        assert int(why.split()[1]) > 16 * MIB, path
+
+
+def test_huge_entries_stay_in_redis_where_memory_usage_is_refused(start_function,
+                                                                  redis_server):
+    """A managed Redis may refuse MEMORY USAGE: then no entry over its bound is
+    sent, and the good ones still show."""
+    r = redis_server.client(socket_timeout=30)
+    r.execute_command("ACL", "SETUSER", "webui", "on", ">pw", "~*", "+@all", "-memory")
+    _fill_with_huge(r, b"x" * (4 * MIB))
+    webui = start_function("webui", {
+        "REDIS_URL": f"redis://webui:pw@127.0.0.1:{redis_server.port}/0",
+        "RNG_URL": "http://127.0.0.1:9", "HASHER_URL": "http://127.0.0.1:9",
+        "WORKER_URL": "http://127.0.0.1:9",
+    })
+    before = _rss(webui.process.pid)
+    answers = _read_all(webui)
+    assert _rss(webui.process.pid) - before < 10 * MIB
+    assert answers["/coins?limit=100"]["coins"] == [json.loads(COIN)]
+    assert answers["/history"]["points"] == [[1_800_000_000, 5]]
+    stats = answers["/stats"]
+    assert stats["skipped"] == 2 and stats["functions"]["worker"]["hashes_per_s"] == 1.0

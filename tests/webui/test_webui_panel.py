@@ -123,12 +123,25 @@ def test_slowest(app, rng, hasher, expected):
         ({"instances": 1, "concurrency": 1, "in_flight": 1, "queued": 9}, "1 × 1 · 9 queued"),
         ({"instances": 3, "concurrency": 0, "queued": 0}, "3 × unlimited · 0 queued"),
         ({"instances": 2, "concurrency": 4}, "2 × 4"),
-        ({"instances": "2", "concurrency": 4}, None),
+        # The platform reports the function, but not in counts (the webui sends
+        # 1e400 as null): unknown, not hidden as if there were no platform.
+        ({"instances": "2", "concurrency": 4}, "unknown"),
+        ({"instances": None, "concurrency": 1}, "unknown"),
+        ({"instances": 1, "concurrency": -1}, "unknown"),
         (None, None),
     ],
 )
 def test_scale_text(app, report, text):
     assert app.evaluate("(r) => brkcoin.scaleText(r)", report) == text
+
+
+@pytest.mark.parametrize(
+    "scheduler, text",
+    [({"schedule": "every 10s", "fanout": 3}, "every 10s · fan-out 3"),
+     ({"schedule": None, "fanout": 3}, "unknown"), (None, None)],
+)
+def test_schedule_text(app, scheduler, text):
+    assert app.evaluate("(s) => brkcoin.scheduleText(s)", scheduler) == text
 
 
 def test_latency_shows_the_bucket_bound(app):
@@ -225,6 +238,46 @@ def test_panel_names_the_slow_rng(slow_rng_stack, miner_of, page_factory, screen
     results = miner.wait()
     assert len(results) == 3 and all("error" not in r for r in results), results
     assert desk_console.errors == [] and phone_console.errors == []
+
+
+def test_page_shows_unknown_for_what_redis_cannot_give(start_function, redis_server,
+                                                       page_factory):
+    """Keys holding what the worker never writes: their figures read "unknown", the
+    page says why and stays live. Before, /json's 503 made it say "Redis
+    unreachable", and a 1e400 in the platform's report made /stats answer 500."""
+    r = redis_server.client()
+    r.set("hashes", "abc")
+    r.set("wallet", "x")
+    r.set("coins:recent", "x")
+    r.set("brkcoin:stats", "x")
+    r.set("brkcoin:platform", '{"functions": {"rng": {"instances": 1e400, "concurrency": 1}},'
+                              ' "scheduler": {"schedule": 5}}')
+    dead = f"http://127.0.0.1:{free_port()}"
+    webui = start_function("webui", {"REDIS_URL": redis_server.url, "RNG_URL": dead,
+                                     "HASHER_URL": dead, "WORKER_URL": dead})
+    page, console = page_factory()
+    page.goto(webui.url + "/")
+    page.wait_for_function("() => document.getElementById('hashes').textContent === 'unknown'"
+                           " && document.getElementById('fn-note').textContent !== ''"
+                           " && !document.querySelector('#per-function .fn [data-field=scale]')"
+                           ".parentElement.hidden", timeout=5000)
+    assert page.text_content("#status-text") == "live"
+    assert page.text_content("#coins") == page.text_content("#speed") == "unknown"
+    assert page.text_content("#alert") == (
+        "Shown as unknown: Redis key 'wallet' holds a string, not a hash; "
+        "Redis key 'hashes' holds 'abc', not a count")
+    assert page.text_content("#coins-empty") == (
+        "Recent coins unknown: Redis key 'coins:recent' holds a string, not a list; "
+        "Redis key 'wallet' holds a string, not a hash")
+    field = '.fn[data-name="{}"] [data-field="{}"]'
+    for name, key in [("rng", "calls_per_s"), ("rng", "p50_ms"), ("hasher", "errors_per_s"),
+                      ("worker", "hashes_per_s"), ("worker", "loops"), ("rng", "scale"),
+                      ("worker", "schedule")]:
+        assert page.text_content(field.format(name, key)) == "unknown", (name, key)
+    assert page.text_content("#fn-note") == (
+        "unknown: Redis key 'brkcoin:stats' holds a string, not a zset")
+    assert page.text_content("#bottleneck") == "Per-function figures unknown."
+    assert console.errors == []
 
 
 @pytest.mark.slow
