@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import socket
 from collections.abc import Callable
 from importlib import import_module
@@ -26,21 +25,13 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from serving import configure, env_number
 
-def _env_number(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        value = default if raw is None else float(raw)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
-    return value
+configure()  # the server's limits (see serving.py)
 
-
-DELAY = _env_number("HASHER_DELAY", 0.1, 0, 60)  # demo latency, as the original
-MAX_BYTES = int(_env_number("HASHER_MAX_BYTES", 1 << 20, 1, 1 << 30))
-BODY_TIMEOUT = _env_number("HASHER_BODY_TIMEOUT", 10, 0.01, 900)  # to receive a body
+DELAY = env_number("HASHER_DELAY", 0.1, 0, 60)  # demo latency, as the original
+MAX_BYTES = int(env_number("HASHER_MAX_BYTES", 1 << 20, 1, 1 << 30))
+BODY_TIMEOUT = env_number("HASHER_BODY_TIMEOUT", 10, 0.01, 900)  # to receive a body
 MIN_CHUNK = 32  # the unit of work; smaller chunks would answer far more than they take
 
 
@@ -59,7 +50,7 @@ def _builtin_sha256() -> Callable[[bytes], hashlib._Hash]:
 small_sha256 = _builtin_sha256()
 # Requests one instance serves at once (0: no limit), the rest waiting their
 # turn; for targets whose platform does not limit it (see rng's main.py).
-CONCURRENCY = int(_env_number("INSTANCE_CONCURRENCY", 0, 0, 100_000))
+CONCURRENCY = int(env_number("INSTANCE_CONCURRENCY", 0, 0, 100_000))
 _turns = asyncio.Semaphore(CONCURRENCY) if CONCURRENCY else None
 HELLO = f"HASHER running on {socket.gethostname()}\n"
 

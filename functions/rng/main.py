@@ -2,6 +2,7 @@
 
 GET /    -> "RNG running on <hostname>\n"
 GET /<n> -> exactly n bytes from os.urandom, application/octet-stream
+HEAD /<n> -> the same head as GET, without making the bytes
 
 An async function (functions_framework.aio): the plain `functions-framework
 --target rng` command serves it with uvicorn, and a request waiting out the demo
@@ -19,25 +20,17 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from serving import configure, env_number
 
-def _env_number(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        value = default if raw is None else float(raw)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {raw!r}")
-    return value
+configure()  # the server's limits (see serving.py)
 
-
-DELAY = _env_number("RNG_DELAY", 0.1, 0, 60)  # demo latency, as the original
-MAX_BYTES = int(_env_number("RNG_MAX_BYTES", 1 << 20, 1, 1 << 30))
+DELAY = env_number("RNG_DELAY", 0.1, 0, 60)  # demo latency, as the original
+MAX_BYTES = int(env_number("RNG_MAX_BYTES", 1 << 20, 1, 1 << 30))
 # Requests one instance serves at once (0: no limit), the rest waiting their
 # turn: 1 is the original single-threaded rng of the DockerCoins lesson. For
 # targets whose platform does not limit it (compose, plain Kubernetes); Cloud Run,
 # Knative and `brkcoin up` hold requests at their front door instead.
-CONCURRENCY = int(_env_number("INSTANCE_CONCURRENCY", 0, 0, 100_000))
+CONCURRENCY = int(env_number("INSTANCE_CONCURRENCY", 0, 0, 100_000))
 _turns = asyncio.Semaphore(CONCURRENCY) if CONCURRENCY else None
 HELLO = f"RNG running on {socket.gethostname()}\n"
 MAX_DIGITS = len(str(MAX_BYTES))
@@ -70,6 +63,9 @@ async def rng(request: Request) -> Response:
             and 1 <= int(path) <= MAX_BYTES):
         shown = path if len(path) <= 40 else path[:40] + "..."
         return _error(400, f"n must be an integer from 1 to {MAX_BYTES}, got {shown!r}")
+    if request.method == "HEAD":  # GET's head, with no bytes made for it
+        return Response(headers={"Content-Length": str(int(path))},
+                        media_type="application/octet-stream")
     if _turns is None:
         return await _random_bytes(int(path))
     async with _turns:

@@ -19,6 +19,7 @@ import hmac
 import json
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -38,7 +39,10 @@ from inputs import (
     read_body,
 )
 from mining import Busy, Instance, Invocation
+from serving import configure
 from settings import Settings
+
+configure()  # the server's limits (see serving.py)
 
 SETTINGS = Settings.from_env()
 HELLO = f"WORKER running on {socket.gethostname()}\n"
@@ -105,8 +109,21 @@ async def _mine(inputs: Inputs) -> Response:
     except Busy as e:
         return _error(429, str(e))
     severity = "INFO" if status == 200 else "ERROR"  # a structured log line for Cloud Logging
-    print(json.dumps({"severity": severity, "worker": summary}), flush=True)
+    _log(json.dumps({"severity": severity, "worker": summary}))
     return _json(status, summary)
+
+
+def _log(line: str) -> None:
+    """Print a log line; one that can't be written (a full disk) is reported on
+    stderr if that works, and never fails the invocation: its counts are recorded
+    and its summary is answered all the same."""
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError) as e:  # ValueError: stdout closed
+        try:
+            print(f"worker: log line not written ({e}): {line}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
 
 async def _answer(request: Request, data_of: Callable[[Request, bytes], object]) -> Response:

@@ -1,5 +1,6 @@
 """rng keeps DockerCoins' wire contract and refuses bad input with a JSON 4xx."""
 
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,21 @@ def test_serves_exactly_n_random_bytes(function_client, n):
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/octet-stream"
     assert len(response.content) == n
+
+
+def test_head_answers_the_head_of_get_without_making_the_bytes(function_client, monkeypatch):
+    rng = function_client("rng")
+    made: list[int] = []
+    urandom = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: made.append(n) or urandom(n))
+    head = rng.head("/1048576")
+    assert head.status_code == 200
+    assert head.headers["content-length"] == "1048576"
+    assert head.headers["content-type"] == "application/octet-stream"
+    assert head.content == b""
+    assert 1048576 not in made
+    assert len(rng.get("/1048576").content) == 1048576
+    assert 1048576 in made  # the count sees a GET's bytes
 
 
 def test_bytes_differ_between_calls(function_client):
