@@ -13,7 +13,11 @@ machine's speed varies from day to day and only ratios of one run compare.
   the reference's and the aio floor's: the same bare function written for
   Functions Framework's async path (`functions_framework.aio`), which is what
   the async stack alone costs before any of our code;
-- the in-process limit: sha256(os.urandom(32)) with the coin check, one core.
+- the in-process limit: sha256(os.urandom(32)) with the coin check, one core;
+- the front door's cost ("door", alone with --door-only): the same worker
+  invocation (batch 1, concurrency 1 and 8) against the same rng and hasher
+  instances, once calling them directly and once through FrontDoor objects, in
+  turns, and the ratio of the two hash rates.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import importlib.util
 import json
 import os
 import platform
+import select
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,10 +45,14 @@ import requests
 
 from brkcoin.layout import FUNCTIONS, Function
 from brkcoin.platform.processes import FunctionProcess, compile_folder, free_port
+from brkcoin.platform.redis_server import RedisServer
 from brkcoin.stack import Stack
 
 NO_DELAYS = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0"}
 BIG_BATCH = 8192
+DOOR_UPSTREAMS = ("rng", "hasher")  # what the worker calls, through a door or not
+DOOR_CONCURRENCIES = (1, 8)
+DOOR_ROUNDS = 5  # turns of (direct, door) per concurrency: other load comes and goes
 REFERENCE_SOURCE = '''\
 import functions_framework
 
@@ -119,23 +130,39 @@ def _tree_cpu(pid: int) -> float:
         return 0.0
 
 
-def cpu_seconds(stack: Stack) -> float:
-    """User + system CPU of every process the stack runs (server workers and Redis)."""
+def _busy_cpu() -> float:
+    """CPU seconds this machine has been busy, all cores together (time a
+    hypervisor gave to other guests included: this machine could not use it)."""
+    times = psutil.cpu_times()._asdict()
+    return float(sum(times.get(k, 0.0) for k in ("user", "nice", "system", "irq", "softirq",
+                                                "steal")))
+
+
+def stack_pids(stack: Stack) -> list[int]:
+    """Every process the stack runs (server workers are their children) and Redis."""
     pids = [f.process.pid for f in stack.functions.values() if f.process]
     if stack.redis and stack.redis.process:
         pids.append(stack.redis.process.pid)
-    return sum(_tree_cpu(pid) for pid in pids)
+    return pids
 
 
-def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int) -> dict[str, Any]:
-    cpu_before = cpu_seconds(stack)
+def invoke(url: str, pids: list[int], seconds: float, concurrency: int,
+           batch: int) -> tuple[dict[str, Any], float]:
+    """One worker invocation: its summary, and the CPU seconds the processes
+    `pids` (with their children) spent meanwhile."""
+    cpu_before = sum(_tree_cpu(pid) for pid in pids)
     response = requests.post(
-        stack.urls["worker"],
+        url,
         json={"seconds": seconds, "concurrency": concurrency, "batch": batch},
         timeout=seconds + 60,
     )
-    cpu = cpu_seconds(stack) - cpu_before
-    summary = response.json()
+    cpu = sum(_tree_cpu(pid) for pid in pids) - cpu_before
+    summary: dict[str, Any] = response.json()
+    return summary, cpu
+
+
+def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int) -> dict[str, Any]:
+    summary, cpu = invoke(stack.urls["worker"], stack_pids(stack), seconds, concurrency, batch)
     hashes = summary["hashes"]
     return {
         "batch": batch,
@@ -198,19 +225,229 @@ def reference(tmp: Path, seconds: float, concurrency: int) -> dict[str, Any]:
     }
 
 
+# -- the front door's cost --
+# The doors run in a child process, on one uvloop loop in its main thread, as
+# `brkcoin up` runs them (beside a control plane that is idle between its
+# heartbeats): their own GIL and core time, so the bench's own thread (blocked
+# in the invocation meanwhile) takes nothing from them, and their CPU is one pid
+# to read (and to attach a profiler to).
+DOORS_MAIN = "import sys; from brkcoin.bench import serve_doors; serve_doors(sys.argv[1])"
+
+
+def serve_doors(spec_json: str) -> None:
+    """The child's side: a FrontDoor per function of `spec` ({name: {"host",
+    "port", "concurrency", "instances": [[name, host, port], ...]}}) listening on
+    its port; "ready" and the loop's class on stdout once all listen; the doors
+    close when stdin does (the bench ended, or died)."""
+    import uvloop
+
+    from brkcoin.platform.proxy import FrontDoor, Instance
+
+    spec: dict[str, dict[str, Any]] = json.loads(spec_json)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        doors = []
+        for name, each in spec.items():
+            door = FrontDoor(name, each["concurrency"])
+            for instance, host, port in each["instances"]:
+                door.add(Instance(instance, host, port))
+            await door.start(each["host"], each["port"])
+            doors.append(door)
+        closed = loop.create_future()
+
+        def readable() -> None:
+            if not os.read(sys.stdin.fileno(), 4096) and not closed.done():
+                closed.set_result(None)
+
+        loop.add_reader(sys.stdin.fileno(), readable)
+        kind = type(loop)
+        print(json.dumps({"ready": True, "loop": f"{kind.__module__}.{kind.__qualname__}"}),
+              flush=True)
+        try:
+            await closed
+        finally:
+            loop.remove_reader(sys.stdin.fileno())
+            for door in doors:
+                await door.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+class DoorProcess:
+    """The child process that runs the doors (see serve_doors)."""
+
+    def __init__(self, spec: dict[str, dict[str, Any]], log: Path) -> None:
+        self.spec, self.log = spec, log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.loop = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 30) -> DoorProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", DOORS_MAIN, json.dumps(self.spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            )
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else b""
+        if not line:
+            self.stop()
+            raise RuntimeError(f"the doors did not start in {timeout} s; see {self.log}")
+        self.loop = json.loads(line)["loop"]
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.close()  # the doors close and the child ends
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        process.stdout.close()
+
+
+def door_vs_direct(tmp: Path, seconds: float, rounds: int,
+                   concurrencies: tuple[int, ...] = DOOR_CONCURRENCIES) -> dict[str, Any]:
+    """The same worker invocation, through the doors and not, in turns.
+
+    One rng and one hasher instance (functions-framework processes, delays 0, one
+    server worker each), as `brkcoin up` starts them, and a Redis. Two worker
+    processes, identical but for RNG_URL and HASHER_URL: one calls the instances
+    directly, the other through FrontDoor objects (one per function, each with
+    that one instance, the function's spec concurrency) in a child process.
+    Only one invocation runs at a time; each concurrency is measured direct,
+    door, direct, door... so a noisy minute weighs on both paths alike."""
+    host = "127.0.0.1"
+    folder = tmp / "door"
+    logs = folder / "logs"
+    redis_server = RedisServer(folder / "redis", free_port(host), host)
+    upstreams = {name: FunctionProcess(FUNCTIONS[name], free_port(host), NO_DELAYS, logs, host,
+                                       name=f"{name}-1")
+                 for name in DOOR_UPSTREAMS}
+    door_ports = {name: free_port(host) for name in DOOR_UPSTREAMS}
+    doors = DoorProcess({name: {"host": host, "port": door_ports[name],
+                                "concurrency": FUNCTIONS[name].concurrency,
+                                "instances": [[u.instance, host, u.port]]}
+                         for name, u in upstreams.items()}, logs / "doors.log")
+    wiring = {
+        "direct": {f"{name.upper()}_URL": u.url for name, u in upstreams.items()},
+        "door": {f"{name.upper()}_URL": f"http://{host}:{door_ports[name]}"
+                 for name in DOOR_UPSTREAMS},
+    }
+    workers = {path: FunctionProcess(FUNCTIONS["worker"], free_port(host),
+                                     NO_DELAYS | {"REDIS_URL": redis_server.url} | urls, logs,
+                                     host, name=f"worker-{path}")
+               for path, urls in wiring.items()}
+    everyone = [*upstreams.values(), *workers.values()]
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {
+        (path, c): [] for path in wiring for c in concurrencies}
+    try:
+        redis_server.start()
+        for name in {p.function.name for p in everyone}:
+            compile_folder(FUNCTIONS[name])
+        for process in everyone:
+            process.start()
+        for process in everyone:
+            process.wait_ready(30)
+        doors.start()
+        assert redis_server.process is not None
+        shared = [redis_server.process.pid, *(u.process.pid for u in upstreams.values()
+                                              if u.process)]
+        for worker in workers.values():  # warm-up: imports, connections
+            invoke(worker.url, [], 1.0, max(concurrencies), 1)
+        for _ in range(rounds):
+            for c in concurrencies:
+                for path, worker in workers.items():
+                    assert worker.process is not None
+                    pids = [*shared, worker.process.pid]
+                    door_before, busy_before = _tree_cpu(doors.pid), _busy_cpu()
+                    summary, cpu = invoke(worker.url, pids, seconds, c, 1)
+                    busy = _busy_cpu() - busy_before
+                    door_cpu = _tree_cpu(doors.pid) - door_before if path == "door" else 0.0
+                    hashes = summary["hashes"]
+                    runs[path, c].append({
+                        "hashes_per_s": hashes / summary["seconds"],
+                        # what else this machine ran meanwhile (other work, the bench itself)
+                        "other_load_cores": max(0.0, busy - cpu - door_cpu) / summary["seconds"],
+                        "cpu_ms_per_hash": (cpu + door_cpu) * 1000 / max(hashes, 1),
+                        # a hash is two requests through the doors: rng's and hasher's
+                        "door_cpu_us_per_request": door_cpu * 1e6 / max(2 * hashes, 1),
+                        "errors": sum(summary["errors"].values()),
+                    })
+    finally:
+        doors.stop()
+        for process in everyone:
+            process.stop()
+        redis_server.stop()
+    cases = []
+    for c in concurrencies:
+        direct, door = runs["direct", c], runs["door", c]
+        # Each door run against the direct run just before it: a load that comes
+        # and goes on this machine weighs on both of a pair alike.
+        pairs = [d["hashes_per_s"] / max(r["hashes_per_s"], 1e-9)
+                 for r, d in zip(direct, door, strict=True)]
+        cases.append({
+            "batch": 1,
+            "concurrency": c,
+            "direct_hashes_per_s": [round(r["hashes_per_s"], 1) for r in direct],
+            "door_hashes_per_s": [round(r["hashes_per_s"], 1) for r in door],
+            "round_ratios": [round(x, 2) for x in pairs],
+            "door_over_direct": round(statistics.median(pairs), 2),
+            "direct_cpu_ms_per_hash": round(_median(direct, "cpu_ms_per_hash"), 4),
+            "door_cpu_ms_per_hash": round(_median(door, "cpu_ms_per_hash"), 4),
+            "door_cpu_us_per_request": round(_median(door, "door_cpu_us_per_request"), 1),
+            "other_load_cores": round(_median(direct + door, "other_load_cores"), 2),
+            "errors": sum(int(r["errors"]) for r in direct + door),
+        })
+    return {
+        "what": "the same worker invocation against the same rng and hasher instance, "
+                "directly and through FrontDoor (proxy.py), in turns; door_over_direct: "
+                "the median over the rounds of door hashes/s / direct hashes/s",
+        "instances": {name: 1 for name in DOOR_UPSTREAMS},
+        "door_loop": doors.loop,
+        "rounds": rounds,
+        "seconds_per_case": seconds,
+        "cases": cases,
+    }
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return float(statistics.median(run[key] for run in runs))
+
+
 def run(args: argparse.Namespace) -> int:
     seconds = args.seconds
     starts = args.starts or (3 if args.quick else 5)
     instances = args.instances or os.cpu_count() or 1
+    door_only = args.door_only
+    rounds = args.rounds or (1 if args.quick else DOOR_ROUNDS)
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}, {platform.platform()}",
         "seconds_per_case": seconds,
-        "instances_per_function": instances,
     }
     with tempfile.TemporaryDirectory(prefix="brkcoin-bench-") as tmp:
+        if door_only:
+            report["door"] = door_vs_direct(Path(tmp), seconds, rounds)
+            report["ratios"] = ratios(report)
+            print(json.dumps(report, indent=2))
+            return 0
+        report["instances_per_function"] = instances
         if not args.first_answers_only:
             report |= throughput(Path(tmp), args.quick, seconds, instances)
+            report["door"] = door_vs_direct(Path(tmp), seconds, rounds)
         cold = first_answers_ms({"reference": reference_function(Path(tmp)),
                                  "aio_floor": bare_function(Path(tmp), "aio_floor",
                                                             AIO_FLOOR_SOURCE),
@@ -249,23 +486,26 @@ def throughput(tmp: Path, quick: bool, seconds: float, instances: int) -> dict[s
 
 def ratios(report: dict[str, Any]) -> dict[str, float]:
     """The figures that compare across runs: each against its reference of this run."""
-    ref = report["reference"]
-    out = {
-        "first_answer_over_reference": round(
-            max(report["first_answer_ms"].values()) / ref["first_answer_ms"], 2),
+    out: dict[str, float] = {}
+    if "first_answer_ms" in report:
+        ref_ms = report["reference"]["first_answer_ms"]
+        worst = max(report["first_answer_ms"].values())
+        floor = report["aio_floor_first_answer_ms"]
+        out["first_answer_over_reference"] = round(worst / ref_ms, 2)
         # What Functions Framework's async path costs by itself, and what is ours.
-        "aio_floor_first_answer_over_reference": round(
-            report["aio_floor_first_answer_ms"] / ref["first_answer_ms"], 2),
-        "first_answer_over_aio_floor": round(
-            max(report["first_answer_ms"].values()) / report["aio_floor_first_answer_ms"], 2),
-    }
-    if "batch1" not in report:
-        return out
-    limit = (report["in_process_hashes_per_s"] + report["in_process_hashes_per_s_after"]) / 2
-    out["batched_over_in_process"] = round(
-        max(c["hashes_per_s"] for c in report["batched"]) / limit, 2)
-    at8 = [c for c in report["batch1"] if c["concurrency"] == ref["concurrency"]]
-    if at8:
-        out["batch1_over_reference_round_trips"] = round(
-            at8[0]["hashes_per_s"] / ref["round_trips_per_s"], 2)
+        out["aio_floor_first_answer_over_reference"] = round(floor / ref_ms, 2)
+        out["first_answer_over_aio_floor"] = round(worst / floor, 2)
+    if "batch1" in report:
+        ref = report["reference"]
+        limit = (report["in_process_hashes_per_s"]
+                 + report["in_process_hashes_per_s_after"]) / 2
+        out["batched_over_in_process"] = round(
+            max(c["hashes_per_s"] for c in report["batched"]) / limit, 2)
+        at8 = [c for c in report["batch1"] if c["concurrency"] == ref["concurrency"]]
+        if at8:
+            out["batch1_over_reference_round_trips"] = round(
+                at8[0]["hashes_per_s"] / ref["round_trips_per_s"], 2)
+    for case in report.get("door", {}).get("cases", []):
+        out[f"door_over_direct_batch{case['batch']}_c{case['concurrency']}"] = (
+            case["door_over_direct"])
     return out

@@ -49,6 +49,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="starts per function for the first answer (default 5, quick 3)")
     bench.add_argument("--first-answers-only", action="store_true",
                        help="measure only the first answers (with the reference's)")
+    bench.add_argument("--door-only", action="store_true",
+                       help="measure only the front door beside the direct path")
+    bench.add_argument("--rounds", type=int,
+                       help="turns of direct and door per concurrency (default 3, quick 1)")
     bench.set_defaults(run=run_bench)
 
     lesson = sub.add_parser("lesson", help="the DockerCoins scaling lesson, measured: "
