@@ -43,6 +43,7 @@ SWEEP = 0.1  # seconds between looks at the line's and the requests' deadlines
 RETRIES = 3
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
               b"transfer-encoding", b"upgrade", b"expect"}
+SPECIAL = HOP_BY_HOP | {b"content-length"}
 REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented",
            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -65,6 +66,7 @@ class FrontDoor:
         self.clients: set[_Client] = set()
         self.server: asyncio.Server | None = None
         self.sweeper: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by start(): clients come after it
 
     # -- what the platform reads and sets --
     @property
@@ -103,7 +105,7 @@ class FrontDoor:
 
     # -- serving --
     async def start(self, host: str, port: int) -> FrontDoor:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _Client(self), host, port,
                                                reuse_address=True)
         self.sweeper = loop.call_later(SWEEP, self._sweep)
@@ -175,13 +177,14 @@ class FrontDoor:
 
 
 class _Request:
-    __slots__ = ("method", "url", "headers", "chunked", "keep_alive", "has_body",
+    __slots__ = ("method", "url", "headers", "forward", "chunked", "keep_alive", "has_body",
                  "expects_continue", "head_size", "body", "complete", "refusal")
 
     def __init__(self) -> None:
         self.method = b""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.forward: list[bytes] = []  # the header lines sent on
         self.chunked = self.has_body = self.complete = self.expects_continue = False
         self.keep_alive = True
         self.head_size = 0
@@ -190,12 +193,11 @@ class _Request:
 
     def head(self) -> bytes:
         """The request head as sent on to the instance: hop-by-hop headers dropped."""
-        lines = [self.method + b" " + self.url + b" HTTP/1.1"]
-        lines += [name + b": " + value for name, value in self.headers
-                  if name.lower() not in HOP_BY_HOP]
+        head = b"%s %s HTTP/1.1\r\n%s" % (self.method, self.url, b"".join(
+            line + b"\r\n" for line in self.forward))
         if self.chunked:
-            lines.append(b"Transfer-Encoding: chunked")
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+            head += b"Transfer-Encoding: chunked\r\n"
+        return head + b"\r\n"
 
     def frame(self, part: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(part), part) if self.chunked else part
@@ -216,8 +218,10 @@ class _Client(asyncio.Protocol):
         self.writable = True
         self.eof = False
         self.lingering = False
+        self.reading = True
         self.dropped = 0
         self.head_timer: asyncio.TimerHandle | None = None
+        self.head_deadline: float | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -244,6 +248,9 @@ class _Client(asyncio.Protocol):
         self.transport = None
         self.door.clients.discard(self)
         self._stop_head_timer()
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         if self.exchange is not None:
             self.exchange.client_gone()
         self.waiting.clear()
@@ -260,7 +267,11 @@ class _Client(asyncio.Protocol):
     def _parse(self) -> None:
         """Feed the parser while the requests need it; TCP holds the rest."""
         while self.unparsed and self._wants_more():
-            piece, self.unparsed = self.unparsed[:SLICE], self.unparsed[SLICE:]
+            piece = self.unparsed
+            if len(piece) <= SLICE:
+                self.unparsed = b""
+            else:
+                piece, self.unparsed = piece[:SLICE], piece[SLICE:]
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade:
@@ -276,11 +287,18 @@ class _Client(asyncio.Protocol):
                 # After the feed, not in its callbacks: a head and the body that
                 # came with it go on in one write.
                 self._start(self.waiting.popleft())
-        if self.transport is not None:
-            if self.unparsed or not self._wants_more():
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+        transport = self.transport
+        if transport is not None:
+            # Paused only while read bytes wait unparsed: a client that sends
+            # nothing until it has its answer (every keep-alive client) costs no
+            # epoll change per request; one that pipelines is held at one read.
+            if self.unparsed:
+                if self.reading:
+                    self.reading = False
+                    transport.pause_reading()
+            elif not self.reading:
+                self.reading = True
+                transport.resume_reading()
 
     def _wants_more(self) -> bool:
         if self.waiting or self.upstream_full or self.transport is None:
@@ -302,26 +320,41 @@ class _Client(asyncio.Protocol):
         self.parsing = _Request()
 
     def on_url(self, url: bytes) -> None:
-        request = self._count(len(url))
+        request = self.parsing
+        assert request is not None
+        request.head_size += len(url)
+        if request.head_size > MAX_HEAD:
+            raise _HeadTooLarge()
         request.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        request = self._count(len(name) + len(value) + 4)
-        lower = name.lower()
-        if lower == b"transfer-encoding" and b"chunked" in value.lower():
-            request.chunked = request.has_body = True
-        elif lower == b"content-length" and value.strip() != b"0":
-            request.has_body = True
-        elif lower == b"expect" and value.lower() == b"100-continue":
-            request.expects_continue = True
-        elif lower == b"upgrade":
-            request.refusal = (501, "upgrades are not supported here")
+        request = self.parsing
+        assert request is not None
+        request.head_size += len(name) + len(value) + 4
+        if request.head_size > MAX_HEAD:
+            raise _HeadTooLarge()
         request.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         request = self.parsing
         assert request is not None
         self._stop_head_timer()
+        forward = request.forward
+        for name, value in request.headers:
+            lower = name.lower()
+            if lower not in SPECIAL:
+                forward.append(name + b": " + value)
+                continue
+            if lower not in HOP_BY_HOP:
+                forward.append(name + b": " + value)
+            if lower == b"transfer-encoding" and b"chunked" in value.lower():
+                request.chunked = request.has_body = True
+            elif lower == b"content-length" and value.strip() != b"0":
+                request.has_body = True
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                request.expects_continue = True
+            elif lower == b"upgrade":
+                request.refusal = (501, "upgrades are not supported here")
         request.method = self.parser.get_method()
         request.keep_alive = self.parser.should_keep_alive()
         if request.method == b"CONNECT":
@@ -383,7 +416,8 @@ class _Client(asyncio.Protocol):
             self.close()
         else:
             self._await_head()
-        self._parse()
+        if self.unparsed or not self.reading:
+            self._parse()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -410,18 +444,32 @@ class _Client(asyncio.Protocol):
         if linger and not self.lingering and transport.can_write_eof():
             self.lingering = True
             transport.write_eof()
+            self.reading = True
             transport.resume_reading()
             asyncio.get_running_loop().call_later(LINGER, transport.close)
         else:
             transport.close()
 
     def _await_head(self) -> None:
-        self.head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self.close)
+        # A deadline, not a timer per request: the one timer fires at most every
+        # HEAD_TIMEOUT and looks at the deadline then.
+        self.head_deadline = time.monotonic() + HEAD_TIMEOUT
+        if self.head_timer is None:
+            self.head_timer = self.door.loop.call_later(HEAD_TIMEOUT, self._head_check)
+
+    def _head_check(self) -> None:
+        self.head_timer = None
+        deadline = self.head_deadline
+        if deadline is None:
+            return
+        left = deadline - time.monotonic()
+        if left > 0:
+            self.head_timer = self.door.loop.call_later(left, self._head_check)
+        else:
+            self.close()
 
     def _stop_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.head_deadline = None
 
 
 class _HeadTooLarge(Exception):
@@ -445,7 +493,7 @@ class _Exchange:
         """Our turn on `instance`: a connection to it, then the request."""
         upstream = self.door.upstream(instance)
         if upstream is None:
-            asyncio.get_running_loop().create_task(self._connect(instance))
+            self.door.loop.create_task(self._connect(instance))
         else:
             self._send_on(upstream, reused=True)
 
@@ -465,11 +513,17 @@ class _Exchange:
         self.upstream = upstream
         upstream.begin(self, reused)
         request = self.request
-        parts = [request.head(), *map(request.frame, request.body)]
+        if request.chunked:
+            parts = [request.head(), *map(request.frame, request.body)]
+            if request.complete:
+                parts.append(b"0\r\n\r\n")
+            data = b"".join(parts)
+        elif request.body:
+            data = request.head() + b"".join(request.body)
+        else:
+            data = request.head()
         request.body.clear()
-        if request.complete and request.chunked:
-            parts.append(b"0\r\n\r\n")
-        upstream.write(b"".join(parts))
+        upstream.write(data)
         self.streaming = request.has_body and not request.complete
         if self.streaming:
             self.client._parse()
@@ -630,16 +684,13 @@ class _Upstream(asyncio.Protocol):
             self.exchange.client.resume()
 
     # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"connection" and b"close" in value.lower():
-            self.closes = True
-
     def on_headers_complete(self) -> None:
+        self.closes = not self.parser.should_keep_alive()
         if self.head_only:
             self._done(reusable=False)  # a HEAD answer has no body to wait for
 
     def on_message_complete(self) -> None:
-        self._done(reusable=not self.closes and self.parser.should_keep_alive())
+        self._done(reusable=not self.closes)
 
     def _done(self, reusable: bool) -> None:
         exchange, self.exchange = self.exchange, None
