@@ -187,6 +187,11 @@ class FunctionProcess:
         if self.process is not None and self.process.poll() is None:
             signal_group(self.process.pid, signal.SIGTERM)
 
+    def kill(self) -> None:
+        """SIGKILL its process group, without waiting."""
+        if self.process is not None:
+            signal_group(self.process.pid, signal.SIGKILL)
+
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)

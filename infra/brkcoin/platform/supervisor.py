@@ -192,7 +192,9 @@ class Platform:
         while any(p.alive for p in everyone) and time.monotonic() < give_up:
             await asyncio.sleep(0.02)
         for process in everyone:
-            process.stop()  # SIGKILL what lingers, reap
+            process.kill()  # what lingers past the grace, all at once
+        for process in everyone:
+            process.stop()  # reap
         for service in self.services.values():
             await service.door.close()
         if self._state is not None:
