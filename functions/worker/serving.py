@@ -59,7 +59,7 @@ SWEEP = 0.5  # seconds between looks for connections idle too long
 # After a refusal, what the client still sends is read and dropped for up to
 # LINGER s and LINGER_BYTES before the close, so that its kernel gets the answer
 # rather than a reset.
-LINGER, LINGER_BYTES = 2.0, 1 << 20
+LINGER, LINGER_BYTES = 2.0, 8 << 20
 
 # The connections with no request in progress, oldest first, with since when.
 _idle: dict[LimitedHttpToolsProtocol, float] = {}
@@ -182,6 +182,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _idle.pop(self, None)
         self.in_body = True
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = _LingeringClose(self)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self.in_body, self.head_left = False, MAX_HEAD
@@ -208,7 +210,38 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # its body is refused: the function's answer is not sent
             cycle.message_event.set()
         self.transport.write(_answer(status, message, self.server_state.default_headers))
+        self.linger()
+
+    def linger(self) -> None:
+        """Send a FIN after the answer, then read and drop what the client still
+        sends for up to LINGER s and LINGER_BYTES before the close."""
+        self.refused = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
+        self.flow.resume_reading()  # the body that piled up unread paused it
         self.idle()  # may be closed to make room, as idle ones are
         self.loop.call_later(LINGER, self.drop)
+
+
+class _LingeringClose:
+    """The transport as a request's cycle sees it. The function closes the
+    connection after an answer it gave before reading the whole body (a 413 with
+    Connection: close); a plain close would reset it, and the reset can take the
+    answer with it, so the close lingers (LimitedHttpToolsProtocol.linger)."""
+
+    __slots__ = ("protocol", "transport")
+
+    def __init__(self, protocol: LimitedHttpToolsProtocol) -> None:
+        self.protocol, self.transport = protocol, protocol.transport
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.protocol.in_body and not self.protocol.refused:
+            self.protocol.linger()
+        else:
+            self.transport.close()

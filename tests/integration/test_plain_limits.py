@@ -232,3 +232,21 @@ def test_the_worker_answers_its_summary_when_its_log_cannot_be_written(
     assert summary["hashes"] > 0
     assert summary["hashes"] == int(redis_server.client().get("hashes"))
     assert "log line not written" in stderr.read_text()
+
+
+@pytest.mark.parametrize("name, head, status", [
+    ("hasher", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 << 20), 413),
+    ("rng", b"GET /8 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 << 20), 400),
+])
+def test_a_functions_early_answer_reaches_a_client_still_sending(plain, name, head, status):
+    """The function answers before it read the body and closes: the close lingers,
+    so the client's kernel gets the answer, not a reset, 50 times of 50."""
+    seen = []
+    for _ in range(50):
+        with closing(_connect(plain[name])) as sock:
+            try:
+                sock.sendall(head + b"\0" * (2 << 20))
+            except OSError:
+                pass  # refused mid-body: the answer is what counts
+            seen.append(_answer(sock)[0])
+    assert seen == [status] * 50
