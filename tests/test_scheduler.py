@@ -100,15 +100,6 @@ def test_a_long_interval_mines_within_the_workers_bound():
     assert trigger.mining_seconds(60) == 55
 
 
-def test_a_paused_schedule_sends_nothing():
-    async def tick() -> WorkerTrigger:
-        trigger = WorkerTrigger("http://127.0.0.1:1", fanout=0)
-        trigger(10)
-        return trigger
-
-    assert asyncio.run(tick()).state()["invocations"] == 0
-
-
 def test_an_unreachable_worker_is_counted_not_raised():
     async def tick() -> WorkerTrigger:
         trigger = WorkerTrigger("http://127.0.0.1:1", log=lambda line: None)

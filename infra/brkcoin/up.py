@@ -36,6 +36,7 @@ from brkcoin.platform.scheduler import (
 from brkcoin.platform.supervisor import Platform, redacted
 
 T = TypeVar("T")
+MAX_CONTROL = 64 * 1024  # bytes of control.json read: `brkcoin scale` writes a few dozen
 OPEN_REDIS = "redis has no password (--redis-no-password)"
 DATA_DIR = Path(os.environ.get("BRKCOIN_DATA", ".brkcoin"))
 LESSON_DELAYS = {"RNG_DELAY": "0.1", "HASHER_DELAY": "0.1", "WORKER_DELAY": "0.1"}
@@ -311,14 +312,17 @@ class Status:
         the last good scale stays."""
         path = self.data_dir / runfile.CONTROL
         try:
-            text = path.read_text()
+            with open(path, "rb") as asked_file:
+                raw = asked_file.read(MAX_CONTROL + 1)
         except OSError:
             return  # nothing asked (or unreadable: it is tried again)
         self.platform.disk.write("control.json", lambda: path.unlink(missing_ok=True))
         try:
-            asked = json.loads(text)
+            if len(raw) > MAX_CONTROL:
+                raise ValueError(f"over {MAX_CONTROL} bytes")
+            asked = json.loads(raw)
             if not isinstance(asked, dict):
-                raise ValueError(f"not a JSON object: {_shown(text)}")
+                raise ValueError(f"not a JSON object: {_shown(asked)}")
             wanted = checked_scale(asked.get("scale"))
         except ValueError as e:  # JSON's errors included
             self.trigger.problem = f"control.json ignored: {e}"

@@ -152,8 +152,6 @@ class WorkerTrigger:
             self.log(f"tick skipped: {self.in_flight} invocation(s) of earlier ticks "
                      "still running")
             return
-        if not self.fanout:
-            return  # paused
         self.in_flight += self.fanout
         self.invocations += self.fanout
         for _ in range(self.fanout):

@@ -47,8 +47,11 @@ from brkcoin.platform.processes import FunctionProcess, free_port
 from brkcoin.platform.proxy import FrontDoor, Instance
 from brkcoin.platform.redis_server import RedisServer, RedisUnavailable
 
-MAX_BACKOFF = 30.0
-STABLE_AFTER = 60.0  # seconds an instance must live before its back-off resets
+
+def instance_backoff() -> Backoff:
+    """1, 2, 4 ... 30 s between restarts, from 1 s again after a minute up."""
+    return Backoff(first=1.0, cap=30.0, reset_after=60.0)
+
 SCALE_IN_AFTER = 60.0  # seconds of lower demand before the worker scales in
 BEAT = 0.5  # seconds between the control plane's looks
 KEEP_LOGS = 5  # log files kept per function of instances that have ended
@@ -65,7 +68,7 @@ class Running:
     probing: bool = False
     retiring: bool = False
     restart_at: float = 0.0  # when dead: not before then
-    backoff: float = 1.0
+    backoff: Backoff = field(default_factory=instance_backoff)  # handed on to its replacement
 
 
 @dataclass(eq=False)
@@ -203,13 +206,16 @@ class Platform:
             self.redis.stop()
 
     # -- instances --
-    def _spawn(self, service: Service) -> Running:
+    def _spawn(self, service: Service, backoff: Backoff | None = None) -> Running:
+        """A new instance; a replacement takes on the back-off of the one it replaces."""
         service.counter += 1
         name = f"{service.function.name}-{service.counter}"
         port = free_port(self.host)
         process = FunctionProcess(service.function, port, service.env, self.logs, self.host,
                                   name=name, disk=self.disk)
-        running = Running(process.start(), Instance(name, self.host, port))
+        running = Running(process.start(), Instance(name, self.host, port),
+                          backoff=backoff or instance_backoff())
+        running.backoff.started(running.started)
         service.instances.append(running)
         return running
 
@@ -284,8 +290,6 @@ class Platform:
             if alive:
                 if not running.ready:
                     self._probe(service, running)
-                elif now - running.started > STABLE_AFTER:
-                    running.backoff = 1.0
                 continue
             if running.retiring:  # done draining and gone: as wanted
                 running.process.stop()
@@ -294,14 +298,12 @@ class Platform:
                 continue
             if running.restart_at == 0.0:  # it just died
                 service.door.drop(running.door)
-                running.restart_at = now + running.backoff
+                running.restart_at = now + running.backoff.failed(now)
                 running.process.stop()  # reap it, and what is left of its group
             elif now >= running.restart_at:
                 service.restarts += 1
-                backoff = min(MAX_BACKOFF, running.backoff * 2)
                 service.instances.remove(running)
-                replacement = self._spawn(service)
-                replacement.backoff = backoff
+                self._spawn(service, running.backoff)
                 self._prune_logs(service)
 
     def _prune_logs(self, service: Service) -> None:
