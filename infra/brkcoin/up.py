@@ -274,6 +274,7 @@ class Status:
 
     def announce(self) -> None:
         platform, trigger = self.platform, self.trigger
+        self.record()  # once it says it is up, `brkcoin status` finds it
         print("brkcoin is up:")
         for name, url in platform.urls.items():
             print(f"  {name:7} {url}" + ("   <- open this" if name == "webui" else ""))
@@ -296,16 +297,21 @@ class Status:
         except (redis.RedisError, OSError, TimeoutError, ValueError):
             state["wallet"] = None
         disk.write("status.json", lambda: runfile.write(self.data_dir, runfile.STATUS, state))
-        if (pids := platform.pids()) != self.recorded:  # an instance came or went
-            if disk.write("stack.json", lambda: runfile.record(
-                    self.data_dir, platform.urls, platform.redis_url, pids)):
-                self.recorded = pids
+        self.record()
         line = status_line(state)
         if self.tty:
             print(f"\r{line}\033[K", end="", flush=True)
         elif time.monotonic() - self.last_print >= 10:
             print(line, flush=True)
             self.last_print = time.monotonic()
+
+    def record(self) -> None:
+        """stack.json, when an instance came or went."""
+        platform = self.platform
+        if (pids := platform.pids()) != self.recorded:
+            if platform.disk.write("stack.json", lambda: runfile.record(
+                    self.data_dir, platform.urls, platform.redis_url, pids)):
+                self.recorded = pids
 
     def apply_control(self) -> None:
         """What `brkcoin scale` asked for; a bad request is said and ignored, and
