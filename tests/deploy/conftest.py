@@ -16,14 +16,13 @@ from brkcoin.platform.processes import FunctionProcess, free_port, spawn, stop
 from brkcoin.platform.redis_server import RedisServer
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's server mode as its own process: a real AWS API emulator on loopback."""
+def _moto_server(tmp_path_factory: pytest.TempPathFactory,
+                 extra: dict[str, str]) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     moto = Path(sys.executable).with_name("moto_server")
     # A plain moto server, as a user would start it (no managed IAM policies loaded).
-    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(log.parent)}
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(log.parent), **extra}
     process = spawn([str(moto), "-H", "127.0.0.1", "-p", str(port)], log, env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -31,6 +30,19 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's server mode as its own process: a real AWS API emulator on loopback."""
+    yield from _moto_server(tmp_path_factory, {})
+
+
+@pytest.fixture(scope="session")
+def moto_quota_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same, holding Lambda's reserved concurrency to a default account's quota, as
+    AWS and LocalStack do: 1000 concurrent executions a region, 100 never reserved."""
+    yield from _moto_server(tmp_path_factory, {"MOTO_LAMBDA_CONCURRENCY_QUOTA": "1000"})
 
 
 @pytest.fixture(scope="session")

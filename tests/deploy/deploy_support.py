@@ -4,6 +4,7 @@ when the whole suite runs)."""
 from __future__ import annotations
 
 import hashlib
+import shlex
 import subprocess
 import sys
 import time
@@ -50,3 +51,13 @@ def spawn_in(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> s
     with open(log, "ab") as out:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def lesson_commands(tool: str) -> list[list[str]]:
+    """The README's commands of the scaling lesson on the other targets that start with
+    `tool` (e.g. "kubectl"), split as the shell splits them, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("The same steps on the other targets:")
+    end = text.index("## Deploying", start)
+    return [shlex.split(line, comments=True) for line in text[start:end].splitlines()
+            if line.strip().startswith(f"{tool} ")]

@@ -1,7 +1,8 @@
 """The static files of the targets read back and compared with the spec
-(brkcoin.layout): each function's per-target values, its settings with their
-defaults, the URLs of what it needs (and the networks to reach them), public or
-private, and the tick. Each check returns the disagreements, one line each."""
+(brkcoin.layout): each function's per-target values, how it scales (Knative's
+autoscaling annotations, the HPAs), its settings with their defaults, the URLs of
+what it needs (and the networks to reach them), public or private, and the tick.
+Each check returns the disagreements, one line each."""
 
 from __future__ import annotations
 
@@ -103,6 +104,23 @@ def _container(where: str, documents: list[dict[str, Any]], function: Function,
                       f"{function.memory}Mi"))
 
 
+def _knative_scaling(where: str, function: Function, annotations: dict[str, Any]) -> list[str]:
+    """Every autoscaling annotation the spec gives the revision, and no other; and
+    the cluster-wide settings (not in the files) at Knative's defaults."""
+    expected = k8s.knative_annotations(function)
+    found = {k: v for k, v in annotations.items() if k.startswith(k8s.KNATIVE)}
+    problems = []
+    for key in sorted(expected.keys() | found.keys()):
+        problems += _differ(where, key.removeprefix(k8s.KNATIVE), found.get(key),
+                            expected.get(key))
+    if function.scaling.kind == "kpa":
+        settings = k8s.knative_cluster_settings(function)
+        for key, default in k8s.KNATIVE_CLUSTER_DEFAULTS.items():
+            problems += _differ(where, f"{key} (cluster-wide: Knative's default, as brkcoin "
+                                       "ships no config-autoscaler)", default, settings[key])
+    return problems
+
+
 def check_knative(directory: Path) -> list[str]:
     documents, _ = k8s.load_kustomization(directory)
     services = _by_kind(documents, "Service")
@@ -118,10 +136,7 @@ def check_knative(directory: Path) -> list[str]:
         problems += _differ(where, "containerConcurrency", spec["containerConcurrency"],
                             function.concurrency)
         problems += _differ(where, "timeoutSeconds", spec["timeoutSeconds"], function.timeout)
-        problems += _differ(where, "min-scale", annotations["autoscaling.knative.dev/min-scale"],
-                            str(function.min_instances))
-        problems += _differ(where, "max-scale", annotations["autoscaling.knative.dev/max-scale"],
-                            str(function.max_instances))
+        problems += _knative_scaling(where, function, annotations)
         labels = services[name]["metadata"]["labels"]
         public = labels.get("networking.knative.dev/visibility") != "cluster-local"
         problems += _differ(where, "public", public, function.public)
@@ -162,11 +177,13 @@ def check_plain(directory: Path) -> list[str]:
         if name not in deployments or name not in scalers:
             problems.append(f"{where}: no Deployment and HorizontalPodAutoscaler")
             continue
-        least = max(1, function.min_instances)  # an HPA does not scale to zero
-        problems += _differ(where, "replicas", deployments[name]["spec"]["replicas"], least)
-        problems += _differ(where, "minReplicas", scalers[name]["spec"]["minReplicas"], least)
-        problems += _differ(where, "maxReplicas", scalers[name]["spec"]["maxReplicas"],
-                            function.max_instances)
+        scaler = k8s.hpa_spec(function)  # an HPA does not scale to zero: min 1
+        problems += _differ(where, "replicas", deployments[name]["spec"]["replicas"],
+                            scaler["minReplicas"])
+        for key, value in scaler.items():
+            problems += _differ(where, key, scalers[name]["spec"].get(key), value)
+        problems += _differ(where, "the HPA's target", scalers[name]["spec"]["scaleTargetRef"],
+                            {"apiVersion": "apps/v1", "kind": "Deployment", "name": name})
         [container] = deployments[name]["spec"]["template"]["spec"]["containers"]
         problems += _container(where, documents, function, container)
         admitted = _admitted(policies, name)

@@ -5,6 +5,7 @@ adapter is run for real in test_lambda_adapter.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -12,6 +13,7 @@ import zipfile
 import boto3
 import botocore.exceptions
 import pytest
+from deploy_support import lesson_commands
 
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import aws_package
@@ -27,20 +29,35 @@ def client(endpoint: str, service: str):
                         aws_access_key_id="test", aws_secret_access_key="test")
 
 
-@pytest.fixture(scope="module")
-def layer(moto_endpoint: str) -> str:
-    """A layer standing for the dependencies (what --no-vendor needs; moto checks it)."""
+def publish_layer(endpoint: str) -> str:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("python/README", "the dependencies would be here")
-    return client(moto_endpoint, "lambda").publish_layer_version(
+    return client(endpoint, "lambda").publish_layer_version(
         LayerName=f"{PREFIX}-deps", Content={"ZipFile": archive.getvalue()},
         CompatibleRuntimes=["python3.12"])["LayerVersionArn"]
+
+
+@pytest.fixture(scope="module")
+def layer(moto_endpoint: str) -> str:
+    """A layer standing for the dependencies (what --no-vendor needs; moto checks it)."""
+    return publish_layer(moto_endpoint)
 
 
 def deploy(endpoint: str, layer: str, *extra: str) -> int:
     return brkcoin(["deploy", "aws", "--endpoint-url", endpoint, "--prefix", PREFIX,
                     "--no-vendor", "--layer", layer, *extra])
+
+
+def reserved(endpoint: str) -> dict[str, int | None]:
+    """Each function's reserved concurrency on the emulator (None: not reserved)."""
+    lam = client(endpoint, "lambda")
+    found = {}
+    for name in functions(lam):
+        answer = lam.get_function_concurrency(FunctionName=f"{PREFIX}-{name}")
+        value = answer.get("ReservedConcurrentExecutions")
+        found[name] = None if value is None else int(value)
+    return found
 
 
 def destroy(endpoint: str) -> int:
@@ -86,6 +103,7 @@ def snapshot(endpoint: str) -> dict:
         "rules": rules(endpoint),
         "role_policies": client(endpoint, "iam").list_role_policies(
             RoleName=f"{PREFIX}-lambda")["PolicyNames"],
+        "reserved": reserved(endpoint),
     }
 
 
@@ -118,6 +136,8 @@ def test_deploy_update_destroy(moto_endpoint: str, layer: str, capsys) -> None:
                          "RNG_URL": urls["rng"], "HASHER_URL": urls["hasher"],
                          "WORKER_URL": urls["worker"], "UPSTREAM_AUTH": "aws-sigv4"}
     assert "UPSTREAM_AUTH" not in first["functions"]["rng"]["Environment"]["Variables"]
+    # At most max_instances instances each, one request at a time on Lambda.
+    assert first["reserved"] == {n: FUNCTIONS[n].max_instances for n in NAMES}
 
     public = first["policies"]["webui"]["public-url"]
     assert public["Principal"] == "*" and public["Action"] == "lambda:InvokeFunctionUrl"
@@ -154,6 +174,7 @@ def test_deploy_update_destroy(moto_endpoint: str, layer: str, capsys) -> None:
     assert json.loads(second["rules"][name]["Targets"][0]["Input"]) == {"seconds": 50}
     env = second["functions"]["worker"]["Environment"]["Variables"]
     assert env["REDIS_URL"] == "redis://wallet-2:6379/0"
+    assert second["reserved"] == first["reserved"]
 
     capsys.readouterr()
     assert destroy(moto_endpoint) == 0
@@ -187,6 +208,56 @@ def test_n_workers_are_n_rules_each_invoking_the_worker(moto_endpoint: str, laye
         assert ticks == {f"{PREFIX}-worker-tick-1"}
     finally:
         assert destroy(moto_endpoint) == 0
+
+
+def test_reserved_concurrency_follows_the_spec(moto_endpoint: str, layer: str,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys) -> None:
+    """Other maxima in the spec, other reservations on the emulator; and the workers a
+    tick may start are the worker's instances (one invocation each)."""
+    for name, most in (("rng", 3), ("worker", 4)):
+        monkeypatch.setitem(FUNCTIONS, name, dataclasses.replace(FUNCTIONS[name],
+                                                                 max_instances=most))
+    redis = ("--redis-url", "redis://wallet:6379/0")
+    try:
+        assert deploy(moto_endpoint, layer, *redis, "--workers", "4") == 0
+        assert reserved(moto_endpoint) == {"rng": 3, "hasher": FUNCTIONS["hasher"].max_instances,
+                                           "worker": 4, "webui": FUNCTIONS["webui"].max_instances}
+        capsys.readouterr()
+        assert deploy(moto_endpoint, layer, *redis, "--workers", "5") == 2
+        assert capsys.readouterr().err.startswith(
+            "brkcoin deploy aws: --workers must be at most 4 on Lambda")
+    finally:
+        assert destroy(moto_endpoint) == 0
+    assert functions(client(moto_endpoint, "lambda")) == {}
+
+
+def test_the_reservations_fit_a_default_account(moto_quota_endpoint: str) -> None:
+    """A region's 1000 concurrent executions, 100 of them never reservable: the spec's
+    maxima (Lambda instances) fit, with the most workers a tick."""
+    layer = publish_layer(moto_quota_endpoint)
+    redis = ("--redis-url", "redis://wallet:6379/0")
+    workers = str(FUNCTIONS["worker"].max_instances)
+    try:
+        assert deploy(moto_quota_endpoint, layer, *redis, "--workers", workers) == 0
+        assert reserved(moto_quota_endpoint) == {n: FUNCTIONS[n].max_instances for n in NAMES}
+    finally:
+        assert destroy(moto_quota_endpoint) == 0
+    assert functions(client(moto_quota_endpoint, "lambda")) == {}
+
+
+def test_the_lessons_aws_commands_cap_the_deployed_rng(capsys) -> None:
+    """The README's steps on Lambda: rng's reserved concurrency 1, 4, then the spec's,
+    on the function the deploy names (default prefix)."""
+    assert brkcoin(["deploy", "aws", "--dry-run", "--workers", "10",
+                    "--redis-url", "redis://wallet:6379/0"]) == 0
+    assert "put_function_concurrency(FunctionName='brkcoin-rng'" in capsys.readouterr().out
+    steps = []
+    for command in lesson_commands("aws"):
+        assert command[:3] == ["aws", "lambda", "put-function-concurrency"], command
+        assert command[command.index("--function-name") + 1] == "brkcoin-rng"
+        steps.append(int(command[command.index("--reserved-concurrent-executions") + 1]))
+    assert steps == [1, 4, FUNCTIONS["rng"].max_instances]
 
 
 def test_the_dry_run_is_the_plan_apply_carries_out(moto_endpoint: str, layer: str,
@@ -223,6 +294,9 @@ def test_unreachable_endpoint_is_a_clear_error(layer: str, capsys) -> None:
      "--schedule '* * * * *' is not an EventBridge schedule"),
     (["--redis-url", "redis://wallet:6379/0", "--real-aws", "--endpoint-url", "http://x:1"],
      "--real-aws and --endpoint-url exclude each other"),
+    (["--redis-url", "redis://wallet:6379/0", "--workers",
+      str(FUNCTIONS["worker"].max_instances + 1)],
+     f"--workers must be at most {FUNCTIONS['worker'].max_instances} on Lambda"),
 ])
 @pytest.mark.parametrize("dry_run", [["--dry-run"], []], ids=["dry-run", "apply"])
 def test_inputs_are_checked_up_front(options: list[str], message: str, dry_run: list[str],

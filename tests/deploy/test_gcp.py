@@ -6,6 +6,7 @@ values in every option: test_gcp_injection.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from deploy_support import lesson_commands
 from fake_gcloud import FakeGcloud, expected_calls
 
 from brkcoin.cli import build_parser
@@ -108,6 +110,36 @@ def test_each_function_is_deployed_as_its_spec_says() -> None:
     assert ("REDIS_URL=redis://${REDIS_HOST}:6379/0,RNG_URL=${RNG_URL},HASHER_URL=${HASHER_URL},"
             "WORKER_URL=${WORKER_URL}") in webui
     assert "THREADS" not in " ".join(" ".join(shown(s.command)) for s in steps_of(plan()))
+
+
+def test_the_scale_flags_follow_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other bounds and concurrency in the spec, other flags: rendered, not written down."""
+    changed = {"rng": {"concurrency": 1, "min_instances": 2, "max_instances": 4},
+               "worker": {"concurrency": 3, "min_instances": 1, "max_instances": 6}}
+    for name, values in changed.items():
+        monkeypatch.setitem(FUNCTIONS, name, dataclasses.replace(FUNCTIONS[name], **values))
+    deploys = {s.command[3]: flags(s.command) for s in find(plan(), "gcloud", "run", "deploy")}
+    for name, values in changed.items():
+        assert {key: deploys[name][f"--{key.replace('_', '-')}"] for key in values} == {
+            key: str(value) for key, value in values.items()}, name
+
+
+def test_the_lessons_gcloud_commands_update_the_deployed_rng() -> None:
+    """The README's steps on Cloud Run: one request on one instance, 4 instances, then
+    the spec's bounds, on the service the deploy makes, where it makes it."""
+    deployed = {s.command[3] for s in find(plan(), "gcloud", "run", "deploy")}
+    steps = []
+    for command in lesson_commands("gcloud"):
+        assert command[:5] == ["gcloud", "run", "services", "update", "rng"], command
+        assert "rng" in deployed
+        options = dict(zip(command[5::2], command[6::2], strict=True))
+        assert (options.pop("--project"), options.pop("--region")) == tuple(ARGS[1::2])
+        steps.append(options)
+    rng = FUNCTIONS["rng"]
+    assert steps == [{"--concurrency": "1", "--max-instances": "1"},
+                     {"--min-instances": "4", "--max-instances": "4"},
+                     {"--min-instances": str(rng.min_instances),
+                      "--max-instances": str(rng.max_instances)}]
 
 
 def test_redis_is_reached_by_direct_vpc_egress() -> None:

@@ -6,6 +6,7 @@ cluster would need of them. (No cluster here: nothing is applied.)"""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import shlex
@@ -20,11 +21,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import NO_DELAYS, spawn_in, wait_http
+from deploy_support import NO_DELAYS, lesson_commands, spawn_in, wait_http
 
 from brkcoin.cli import main as brkcoin
 from brkcoin.deploy import k8s
-from brkcoin.layout import FUNCTIONS, ROOT, TICK
+from brkcoin.deploy.common import DeployError
+from brkcoin.layout import FUNCTIONS, ROOT, TICK, Function, Scaling
 from brkcoin.platform.processes import free_port, stop
 
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and newest schemas we promise
@@ -138,6 +140,134 @@ def test_knative_services_autoscale_on_concurrency() -> None:
         assert visibility == (None if name == "webui" else "cluster-local"), name
         image = template["spec"]["containers"][0]["image"]
         assert image == f"brkcoin/{'worker' if name == 'worker-event' else name}:latest"
+
+
+DEFAULTS = Scaling()  # Knative's documented defaults
+
+
+def a_function(scaling: Scaling = DEFAULTS, **values: object) -> Function:
+    return dataclasses.replace(FUNCTIONS["rng"], scaling=scaling, **values)
+
+
+def test_a_kpa_function_is_knatives_pod_autoscaler_with_every_setting() -> None:
+    """Knative's documented defaults, written out as Knative reads them."""
+    assert k8s.knative_annotations(a_function(min_instances=1, max_instances=7)) == {
+        "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
+        "autoscaling.knative.dev/metric": "concurrency",
+        "autoscaling.knative.dev/target-utilization-percentage": "70",
+        "autoscaling.knative.dev/window": "60s",
+        "autoscaling.knative.dev/panic-window-percentage": "10",
+        "autoscaling.knative.dev/panic-threshold-percentage": "200",
+        "autoscaling.knative.dev/scale-to-zero-pod-retention-period": "30s",
+        "autoscaling.knative.dev/min-scale": "1",
+        "autoscaling.knative.dev/max-scale": "7",
+    }
+    other = Scaling(target_utilization=0.55, stable_window=120, panic_window_percentage=5.5,
+                    panic_threshold_percentage=150, scale_to_zero_grace=0)
+    annotations = k8s.knative_annotations(a_function(other))
+    assert [annotations[k8s.KNATIVE + key] for key in (
+        "target-utilization-percentage", "window", "panic-window-percentage",
+        "panic-threshold-percentage", "scale-to-zero-pod-retention-period")] == [
+        "55", "120s", "5.5", "150", "0s"]
+
+
+def test_a_cpu_function_is_knatives_hpa_class_never_at_zero() -> None:
+    function = a_function(Scaling(kind="cpu", cpu_target_percentage=65), max_instances=5)
+    assert k8s.knative_annotations(function) == {
+        "autoscaling.knative.dev/class": "hpa.autoscaling.knative.dev",
+        "autoscaling.knative.dev/metric": "cpu",
+        "autoscaling.knative.dev/target": "65",
+        "autoscaling.knative.dev/min-scale": "1",
+        "autoscaling.knative.dev/max-scale": "5",
+    }
+
+
+@pytest.mark.parametrize("function, refused", [
+    (a_function(Scaling(stable_window=5)), "stable_window must be whole seconds from 6"),
+    (a_function(Scaling(stable_window=60.5)), "stable_window must be whole seconds"),
+    (a_function(Scaling(stable_window=7200)), "stable_window must be whole seconds"),
+    (a_function(Scaling(panic_window_percentage=0.5)), "panic_window_percentage must be"),
+    (a_function(Scaling(panic_threshold_percentage=100)), "panic_threshold_percentage"),
+    (a_function(Scaling(target_utilization=1.5)), "target_utilization x 100 must be"),
+    (a_function(Scaling(scale_to_zero_grace=-1)), "scale_to_zero_grace must be"),
+    (a_function(Scaling(kind="rps")), "scaling kind 'rps' is neither kpa nor cpu"),
+    (a_function(Scaling(kind="cpu", cpu_target_percentage=0)), "cpu_target_percentage"),
+    (a_function(min_instances=3, max_instances=2), "must satisfy 0 <= min <= max"),
+])
+def test_what_knative_would_refuse_is_refused(function: Function, refused: str) -> None:
+    """The bounds of Knative's annotation validation (annotation_validation.go)."""
+    with pytest.raises(DeployError, match=refused):
+        k8s.knative_annotations(function)
+
+
+def test_the_hpa_approximates_on_cpu() -> None:
+    scaling = Scaling(cpu_target_percentage=65, stable_window=90)
+    assert k8s.hpa_spec(a_function(scaling, max_instances=7)) == {
+        "minReplicas": 1, "maxReplicas": 7,
+        "metrics": [{"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 65}}}],
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 90}}}
+    assert k8s.hpa_spec(a_function(min_instances=2))["minReplicas"] == 2
+    with pytest.raises(DeployError, match="a whole number from 1 to 100 for an HPA"):
+        k8s.hpa_spec(a_function(Scaling(cpu_target_percentage=62.5)))
+
+
+def test_the_cluster_wide_settings_are_knatives_defaults() -> None:
+    """What brkcoin cannot set per revision is, in the spec's defaults, the cluster's."""
+    assert k8s.knative_cluster_settings(a_function()) == k8s.KNATIVE_CLUSTER_DEFAULTS == {
+        "max-scale-up-rate": 1000.0, "max-scale-down-rate": 2.0, "tick (fixed)": 2.0}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """A JSON merge patch (RFC 7386), as `kubectl patch --type merge` applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def test_the_lessons_knative_patches_make_the_revisions_it_says() -> None:
+    """The README's steps on Knative, applied to the rendered rng: valid Services, with
+    the plateau at one request and one pod, then 4 pods, then the spec's bounds."""
+    patches = [c for c in lesson_commands("kubectl") if "ksvc" in c]
+    service = by_kind(rendered("knative"), "Service")["rng"]
+    steps = []
+    for command in patches:
+        assert command[:8] == ["kubectl", "-n", k8s.NAMESPACE, "patch", "ksvc", "rng",
+                               "--type", "merge"], command
+        service = merge_patch(service, json.loads(command[command.index("-p") + 1]))
+        validate(service)
+        template = service["spec"]["template"]
+        scale = {key: template["metadata"]["annotations"][k8s.KNATIVE + key]
+                 for key in ("min-scale", "max-scale")}
+        k8s.knative_annotations(dataclasses.replace(  # within Knative's bounds
+            FUNCTIONS["rng"], min_instances=int(scale["min-scale"]),
+            max_instances=int(scale["max-scale"])))
+        steps.append((template["spec"]["containerConcurrency"], scale["min-scale"],
+                      scale["max-scale"]))
+    rng = FUNCTIONS["rng"]
+    assert steps == [(1, str(rng.min_instances), "1"), (1, "4", "4"),
+                     (1, str(rng.min_instances), str(rng.max_instances))]
+
+
+def test_the_lessons_plain_steps_free_rng_from_its_hpa_first() -> None:
+    commands = [c for c in lesson_commands("kubectl") if "ksvc" not in c]
+    assert commands == [
+        ["kubectl", "-n", k8s.NAMESPACE, "delete", "hpa", "rng"],
+        ["kubectl", "-n", k8s.NAMESPACE, "set", "env", "deployment/rng",
+         "INSTANCE_CONCURRENCY=1"],
+        ["kubectl", "-n", k8s.NAMESPACE, "scale", "deployment", "rng", "--replicas", "4"]]
+    documents = rendered("plain")
+    hpa = by_kind(documents, "HorizontalPodAutoscaler")["rng"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "rng"  # the one `kubectl scale` scales
+    assert "rng" in by_kind(documents, "Deployment")
+    assert {d["metadata"]["namespace"] for d in documents if d["kind"] != "Namespace"} == {
+        k8s.NAMESPACE}
 
 
 def test_pingsource_ticks_the_cloudevent_target() -> None:

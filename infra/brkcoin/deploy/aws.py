@@ -7,6 +7,19 @@ public (function URL auth NONE) or private (AWS_IAM), its settings and the URLs
 of what it needs. Private URLs are called with SigV4 signatures of the functions'
 role (UPSTREAM_AUTH=aws-sigv4, for the worker and the web UI's probes).
 
+Scaling: a Lambda instance (execution environment) serves one request at a time,
+and Lambda adds instances as requests come; the spec's max_instances is its
+reserved concurrency (PutFunctionConcurrency), the most instances it may run.
+Not max_instances x concurrency: the spec's concurrency is what one instance of
+Cloud Run or Knative serves at once, which on Lambda is always 1; and reserving
+that product (800 for rng, 2480 in all) would take more than a default account
+has (1000 a region, 100 of them never reservable), failing every deploy, and hold
+it from the account's other functions. So on Lambda the worker takes
+max_instances invocations at once, and --workers stops there. min_instances has
+no counterpart here (warm instances are provisioned concurrency, on a published
+version): the spec's 0 is Lambda's own behaviour. Nor has the rest of Scaling:
+Lambda's scaling is its own.
+
 The fan-out is one EventBridge rule per worker (PREFIX-worker-tick-1 .. N), each
 invoking the worker with {"seconds": S}; a deploy deletes the rules beyond N.
 Everything is named from --prefix, so a second deploy finds and updates what the
@@ -118,6 +131,20 @@ def validate(args: argparse.Namespace) -> None:
     if not 0 < args.seconds <= MAX_SECONDS:
         raise DeployError(f"--seconds must be above 0 and at most {MAX_SECONDS} (the worker's "
                           "Lambda timeout is 15 minutes)")
+    if args.workers > max_workers():
+        raise DeployError(f"--workers must be at most {max_workers()} on Lambda: an instance "
+                          f"runs one invocation at a time, and the worker may have "
+                          f"{max_workers()} (its max_instances, its reserved concurrency)")
+
+
+def reserved_concurrency(function: Function) -> int:
+    """Its reserved concurrency: the most instances, each serving one request."""
+    return function.max_instances
+
+
+def max_workers() -> int:
+    """Worker invocations a tick may start on Lambda: one per worker instance."""
+    return reserved_concurrency(FUNCTIONS["worker"])
 
 
 def function_env(function: Function, redis_url: str) -> dict[str, object]:
@@ -162,6 +189,11 @@ def _function_ops(session: Session, args: argparse.Namespace, function: Function
                 Call("lambda", "update_function_configuration", {**where, **settings}),
                 Call("lambda", "function_updated_v2", where, waiter=True)),
                session),
+        Calls(f"let it run at most {reserved_concurrency(function)} instance(s) at once, one "
+              "request each: its reserved concurrency (the spec's max_instances)",
+              (Call("lambda", "put_function_concurrency", {
+                  **where, "ReservedConcurrentExecutions": reserved_concurrency(function)}),),
+              session),
         Ensure(f"its function URL, auth {auth} ({'public' if function.public else 'private'})",
                Call("lambda", "get_function_url_config", where),
                (Call("lambda", "create_function_url_config", {**where, "AuthType": auth},

@@ -9,7 +9,10 @@ VPC Access connector; it is the form Google documents for new functions.
 The plan is gcloud commands (shell.Step): each creation is guarded by a
 `describe`, so it can be run again; values only known once a resource exists
 (Redis host, service URLs) are variables captured from `describe`. Each
-function's settings come from its spec (brkcoin.layout). The fan-out is one
+function's settings come from its spec (brkcoin.layout), its scaling too:
+--concurrency, --min-instances and --max-instances; the rest of the spec's Scaling
+(Knative's windows and panic mode) has no Cloud Run setting, as Cloud Run's
+autoscaler keeps its own rules. The fan-out is one
 Cloud Scheduler job per worker (PREFIX-worker-tick-1 .. N), each with its own
 OIDC token; a deploy with fewer workers deletes the jobs beyond N.
 """

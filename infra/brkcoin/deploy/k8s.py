@@ -9,6 +9,11 @@ registry/tag and the fan-out:
   slot), and the PingSources beyond N deleted;
 - plain: the CronJob's Job runs N pods at once (parallelism = completions = N),
   and the worker starts with the pods N invocations need (its HPA's minReplicas).
+
+How each function scales is in the files too, from its spec (brkcoin.layout):
+knative_annotations() is what a Knative Service's revision template carries, and
+hpa_spec() what a plain HorizontalPodAutoscaler holds; tests/deploy/spec_check.py
+holds the files to them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from brkcoin.deploy import rules
 from brkcoin.deploy.common import K8S_DIR, DeployError, capture, require_tool
 from brkcoin.deploy.plan import Operation, Plan
 from brkcoin.deploy.shell import Step, WriteFile
-from brkcoin.layout import FUNCTIONS
+from brkcoin.layout import FUNCTIONS, Function
 
 VARIANTS = ("knative", "plain")
 KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "images"}
@@ -35,6 +40,114 @@ KUBECTL_HINT = "install kubectl (https://kubernetes.io/docs/tasks/tools/), or us
 NAMESPACE = "brkcoin"
 SLOT = "brkcoin/slot"  # the label that numbers the PingSources
 OPTION_RULES = {"registry": rules.REGISTRY.or_empty(), "tag": rules.IMAGE_TAG}
+
+
+# --- the spec's scaling, as Knative and the HPA take it ---------------------------
+#
+# Sources: Knative Serving's pkg/apis/autoscaling/register.go and
+# annotation_validation.go (the keys and their bounds), config/core/configmaps/
+# autoscaler.yaml (the cluster-wide keys and defaults),
+# pkg/reconciler/autoscaling/resources/target.go (how the target is resolved);
+# https://knative.dev/docs/serving/autoscaling/.
+
+KNATIVE = "autoscaling.knative.dev/"
+KPA, HPA = "kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev"
+# Knative settings a revision cannot set: they are cluster-wide, in the
+# config-autoscaler ConfigMap of knative-serving, which brkcoin does not ship (it
+# is the cluster's, and `brkcoin destroy k8s` deletes what it applied). Their
+# Knative defaults, which the spec must keep to (spec_check.py); the 2 s tick is
+# not even a setting any more: Knative's autoscaler decides every 2 s.
+KNATIVE_CLUSTER_DEFAULTS = {"max-scale-up-rate": 1000.0, "max-scale-down-rate": 2.0,
+                            "tick (fixed)": 2.0}
+
+
+def knative_cluster_settings(function: Function) -> dict[str, float]:
+    """The spec's values of the cluster-wide settings, keyed as KNATIVE_CLUSTER_DEFAULTS."""
+    s = function.scaling
+    return {"max-scale-up-rate": s.max_scale_up_rate,
+            "max-scale-down-rate": s.max_scale_down_rate, "tick (fixed)": s.tick}
+
+
+def _number(value: float) -> str:
+    return f"{round(value, 6):g}"
+
+
+def _seconds(what: str, value: float, least: float, most: float) -> str:
+    """A duration as Knative reads it: whole seconds ("60s") within its bounds."""
+    if value != int(value) or not least <= value <= most:
+        raise DeployError(f"{what} must be whole seconds from {least:g} to {most:g}, "
+                          f"not {value:g}")
+    return f"{int(value)}s"
+
+
+def _within(what: str, value: float, least: float, most: float) -> str:
+    if not least <= value <= most:
+        raise DeployError(f"{what} must be from {least:g} to {most:g} for Knative, "
+                          f"not {value:g}")
+    return _number(value)
+
+
+def knative_annotations(function: Function) -> dict[str, str]:
+    """The autoscaling annotations of a function's Knative revision, from its spec.
+
+    kind "kpa": Knative's Pod Autoscaler on requests in flight. No `target`: with
+    containerConcurrency set (the spec's concurrency), Knative aims at
+    containerConcurrency x target-utilization-percentage itself, and a `target`
+    would be multiplied by the utilisation again. The last pod's linger is the
+    per-revision scale-to-zero-pod-retention-period (the minimum it stays once
+    the autoscaler wants zero); the cluster's scale-to-zero-grace-period is only
+    an upper bound for the network to take the activator in.
+    kind "cpu": Knative's HPA class on CPU (never to zero), `target` a percentage
+    of the CPU request; the windows and the panic mode are the KPA's only.
+    """
+    s = function.scaling
+    least, most = function.min_instances, function.max_instances
+    if not 0 <= least <= most or most < 1:
+        raise DeployError(f"{function.name}: min-scale {least} and max-scale {most} must "
+                          "satisfy 0 <= min <= max, max >= 1")
+    if s.kind == "cpu":
+        return {KNATIVE + "class": HPA, KNATIVE + "metric": "cpu",
+                KNATIVE + "target": _within("cpu_target_percentage",
+                                            s.cpu_target_percentage, 1, 100),
+                KNATIVE + "min-scale": str(max(1, least)),
+                KNATIVE + "max-scale": str(most)}
+    if s.kind != "kpa":
+        raise DeployError(f"{function.name}: scaling kind {s.kind!r} is neither kpa nor cpu")
+    return {
+        KNATIVE + "class": KPA,
+        KNATIVE + "metric": "concurrency",
+        KNATIVE + "target-utilization-percentage": _within(
+            "target_utilization x 100", s.target_utilization * 100, 1, 100),
+        KNATIVE + "window": _seconds("stable_window", s.stable_window, 6, 3600),
+        KNATIVE + "panic-window-percentage": _within(
+            "panic_window_percentage", s.panic_window_percentage, 1, 100),
+        KNATIVE + "panic-threshold-percentage": _within(
+            "panic_threshold_percentage", s.panic_threshold_percentage, 110, 1000),
+        KNATIVE + "scale-to-zero-pod-retention-period": _seconds(
+            "scale_to_zero_grace", s.scale_to_zero_grace, 0, 3600),
+        KNATIVE + "min-scale": str(least),
+        KNATIVE + "max-scale": str(most),
+    }
+
+
+def hpa_spec(function: Function) -> dict[str, Any]:
+    """A plain HorizontalPodAutoscaler's bounds, metric and behaviour, from the spec:
+    the spec's kind "cpu" (scale up at once, down to the highest recommendation of
+    the stable window). The HPA scales on CPU only (of the pod's CPU request) and
+    never to zero: for a kind "kpa" function it can only approximate the KPA, which
+    counts requests."""
+    s = function.scaling
+    if s.cpu_target_percentage != int(s.cpu_target_percentage) or \
+            not 1 <= s.cpu_target_percentage <= 100:
+        raise DeployError(f"{function.name}: cpu_target_percentage must be a whole number "
+                          f"from 1 to 100 for an HPA, not {s.cpu_target_percentage:g}")
+    window = _seconds("stable_window", s.stable_window, 0, 3600)
+    return {"minReplicas": max(1, function.min_instances),
+            "maxReplicas": function.max_instances,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization",
+                                          "averageUtilization": int(s.cpu_target_percentage)}}}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": int(window[:-1])}}}
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
