@@ -97,7 +97,7 @@ def test_real_interval_invokes_the_worker_like_cloud_scheduler(mining_stack):
 def test_a_long_interval_mines_within_the_workers_bound():
     trigger = WorkerTrigger("http://127.0.0.1:1", max_seconds=900)
     assert trigger.mining_seconds(3600) == 900
-    assert trigger.mining_seconds(60) == 55
+    assert trigger.mining_seconds(60) == 60  # the whole tick: no gap between ticks
 
 
 def test_an_unreachable_worker_is_counted_not_raised():
@@ -109,3 +109,37 @@ def test_an_unreachable_worker_is_counted_not_raised():
 
     state = asyncio.run(tick()).state()
     assert state["answers"] == {"unreachable": 1} and state["in_flight"] == 0
+
+
+def test_an_invocation_counts_as_mining_only_until_its_deadline():
+    """Continuous mining: the tick after a 10 s tick starts while the invocations
+    before it still flush and answer; a tick in the middle of their mining is skipped."""
+    async def ticks() -> tuple[WorkerTrigger, list[int]]:
+        held = []  # connections accepted and never answered: invocations in flight
+        server = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        now = [0.0]
+        trigger = WorkerTrigger(f"http://127.0.0.1:{port}", fanout=2, log=lambda line: None,
+                                clock=lambda: now[0])
+        mining = []
+        for now[0] in (0.0, 5.0, 9.9, 20.2):
+            trigger(10)
+            mining.append(trigger.mining())
+        for task in list(trigger.tasks):
+            task.cancel()
+        await asyncio.gather(*trigger.tasks, return_exceptions=True)
+        server.close()
+        return trigger, mining
+
+    trigger, mining = asyncio.run(ticks())
+    # 5.0: skipped, the first tick's still mine. 9.9: they are done mining (SLACK)
+    # and still answering: the tick goes. 20.2: two ticks' worth (2 x fanout) are
+    # still unanswered: skipped, so no backlog builds.
+    assert (trigger.ticks, trigger.skipped, trigger.invocations) == (4, 2, 4)
+    assert mining == [2, 2, 2, 0]
+
+
+def test_a_fanout_of_zero_pauses_the_schedule():
+    trigger = WorkerTrigger("http://127.0.0.1:1", fanout=0, log=lambda line: None)
+    trigger(10)  # no loop needed: nothing is sent
+    assert trigger.state()["paused"] and trigger.ticks == 0 and trigger.invocations == 0

@@ -32,8 +32,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mine.add_argument("--batch", type=int)
     mine.set_defaults(run=run_mine)
 
-    status = sub.add_parser("status", help="the running stack as JSON: wallet, rate, "
-                                           "functions, instances, scheduler")
+    status = sub.add_parser("status", help="the running stack: wallet, rate, and a row per "
+                                           "function (instances, line, cold starts, the "
+                                           "autoscaler's last decision)")
+    status.add_argument("--json", action="store_true", help="everything, as one JSON object")
     status.add_argument("--data-dir", type=Path, default=up.DATA_DIR,
                         help="the data folder of the `brkcoin up` to read (.brkcoin)")
     status.add_argument("--redis-url", help="read this wallet instead (no running `up`)")
@@ -113,8 +115,48 @@ def run_status(args: argparse.Namespace) -> int:
         }
         report["redis"] = state.get("redis", {})
         report["scheduler"] = state.get("scheduler", {})
-    print(json.dumps(report))
+    print(json.dumps(report) if args.json else status_table(report))
     return 0
+
+
+COLUMNS = ("NAME", "UP", "INSTANCES", "CONCURRENCY", "IN FLIGHT", "QUEUED", "RESTARTS",
+           "COLD STARTS", "INSTANCE-S", "LAST DECISION")
+
+
+def status_table(report: dict[str, Any]) -> str:
+    """What `kubectl get` and `docker compose ps` show: a line of totals, then a row
+    per function."""
+    lines = [f"{report['rate']:.1f} hashes/s, {report['hashes']:,} hashes, "
+             f"{report['coins']:,} coins"]
+    scheduler = report.get("scheduler") or {}
+    if scheduler:
+        fanout = scheduler.get("fanout")
+        lines[0] += (f"; schedule {scheduler.get('schedule', '?')}, "
+                     + ("paused" if fanout == 0 else f"{fanout} invocation(s) a tick"))
+    functions = report.get("functions")
+    if not functions:
+        return lines[0]
+    rows = [COLUMNS]
+    for name, f in functions.items():
+        instances = f"{f.get('instances', '?')}/{f.get('wanted', '?')}"
+        if f.get("autoscaled") is False:
+            instances += " pinned"
+        elif f.get("panic"):
+            instances += " panic"
+        cold = str(f.get("cold_starts", "?"))
+        if f.get("cold_start_seconds") is not None:
+            cold += f" ({f['cold_start_seconds']:.2f} s)"
+        decision = f.get("decision")
+        last = (f"{decision['from']} \u2192 {decision['to']}: {decision['reason']}"
+                if isinstance(decision, dict) else "-")
+        rows.append((name, "yes" if f.get("up") else "no", instances,
+                     str(f.get("concurrency", "?") or "unlimited"), str(f.get("in_flight", "?")),
+                     str(f.get("queued", "?")), str(f.get("restarts", "?")), cold,
+                     f"{f.get('instance_seconds', 0):.0f}", last))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    lines += ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "   " + row[-1] for row in rows]
+    return "\n".join(lines)
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -23,6 +23,37 @@ def url_variable(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """How a platform scales a function on its load: Knative's autoscaler settings,
+    with Knative's documented defaults. The local platform (platform/autoscaler.py)
+    runs them all, per function; Knative gets them as per-revision annotations,
+    except tick and the scale rates, which are cluster-wide there (config-autoscaler,
+    left at these defaults); Cloud Run and Lambda get the parts they have (min,
+    max, concurrency)."""
+
+    # "kpa": Knative's Pod Autoscaler, on requests in flight and waiting;
+    # "cpu": the HPA's rule on CPU utilisation (never to zero).
+    kind: str = "kpa"
+    target_utilization: float = 0.7  # of the per-instance concurrency, the KPA's target
+    stable_window: float = 60.0  # seconds the stable average covers
+    panic_window_percentage: float = 10.0  # of the stable window: 6 s
+    panic_threshold_percentage: float = 200.0  # panic at 2 x the current instances
+    max_scale_up_rate: float = 1000.0  # per decision, x the ready instances
+    max_scale_down_rate: float = 2.0  # per decision, / the ready instances
+    tick: float = 2.0  # seconds between decisions
+    # Seconds at zero wanted before the last instance goes: Knative's 30 s grace;
+    # rendered as its per-revision scale-to-zero-pod-retention-period.
+    scale_to_zero_grace: float = 30.0
+    # The cpu kind's target: percent of the CPU request on Kubernetes, of one core
+    # on the local platform.
+    cpu_target_percentage: float = 80.0
+
+    @property
+    def panic_window(self) -> float:
+        return self.stable_window * self.panic_window_percentage / 100
+
+
+@dataclass(frozen=True)
 class Function:
     name: str  # the --target in the folder's main.py (the folder's name, but worker_event)
     folder: Path
@@ -41,6 +72,7 @@ class Function:
     memory: int = 512  # MiB per instance (Cloud Run's second generation needs 512)
     min_instances: int = 0  # scale to zero between uses
     max_instances: int = 10  # how far the platform may scale it out
+    scaling: Scaling = Scaling()  # how it scales between the two
 
     @property
     def source(self) -> Path:

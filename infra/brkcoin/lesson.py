@@ -33,8 +33,7 @@ from brkcoin.platform.scheduler import Interval, Scheduler, WorkerTrigger
 from brkcoin.platform.supervisor import Platform
 from brkcoin.up import LESSON_DELAYS
 
-TICK = 10.0
-MINING = 9.5  # seconds of each tick: the rate stays continuous, no tick overlaps
+TICK = 10.0  # an invocation mines the whole tick: the rate stays continuous
 
 
 @dataclass(frozen=True)
@@ -66,12 +65,10 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="brkcoin-lesson-"))
     ports = {name: free_port() for name in FUNCTIONS}
     platform = Platform(data_dir, ports=ports, redis_port=free_port(), env=dict(LESSON_DELAYS),
-                        scale={"rng": 1}, concurrency={"rng": 1})
+                        scale={"rng": 1, "hasher": 1, "webui": 1}, concurrency={"rng": 1})
     print(f"brkcoin lesson: starting the platform in the lesson's shape (data in {data_dir})",
           flush=True)
     trigger = WorkerTrigger(platform.urls["worker"], 1, {}, log=lambda line: None)
-    trigger.inputs = {"seconds": MINING}  # overrides the share of the tick
-    platform.expected["worker"] = 1
     try:
         measured, samples = serve(platform, Scheduler(Interval(TICK), trigger),
                                   lambda: _steps(platform, trigger, args.step))
@@ -90,7 +87,7 @@ async def _steps(platform: Platform, trigger: WorkerTrigger,
     samples: list[tuple[float, float]] = []  # (seconds since began, hashes)
     measured = []
     for step in STEPS:
-        trigger.fanout = platform.expected["worker"] = step.workers
+        trigger.fanout = step.workers
         platform.scale("rng", step.rng)
         started = time.monotonic() - began
         print(f"[{started:5.0f} s] {step.label}: {step.workers} worker(s), "

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
-from brkcoin import wallet
+from brkcoin import scaling_options, wallet
 from brkcoin.layout import FUNCTIONS, MAX_WORKERS
 from brkcoin.platform import runfile
 from brkcoin.platform.processes import PortInUse, StartFailed
@@ -40,6 +40,10 @@ MAX_CONTROL = 64 * 1024  # bytes of control.json read: `brkcoin scale` writes a 
 OPEN_REDIS = "redis has no password (--redis-no-password)"
 DATA_DIR = Path(os.environ.get("BRKCOIN_DATA", ".brkcoin"))
 LESSON_DELAYS = {"RNG_DELAY": "0.1", "HASHER_DELAY": "0.1", "WORKER_DELAY": "0.1"}
+# The local platform's own defaults over the spec: the page stays warm (min 1),
+# so opening it never waits for a cold start; every other function may go to zero.
+LOCAL_BOUNDS = {"webui": (1, FUNCTIONS["webui"].max_instances)}
+AUTO = "auto"  # `brkcoin scale rng=auto`: back to the autoscaler
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,8 +64,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     when.add_argument("--every", default="10s", help="local interval between ticks (10s)")
     when.add_argument("--schedule", metavar="CRON", help='cron expression, e.g. "* * * * *"')
     up.add_argument("--scale", type=assignments, default={}, metavar="NAME=N,...",
-                    help="instances of rng, hasher, webui; for worker: invocations per tick")
+                    help="pin rng, hasher, webui at N instances (else they autoscale); "
+                         "for worker: invocations per tick (0 pauses the schedule)")
     up.add_argument("--workers", type=int, help="invocations per tick (= --scale worker=N)")
+    up.add_argument("--autoscale", action="append", default=[],
+                    metavar="NAME:KEY=VALUE,...",
+                    help="the autoscaler's settings, by Knative's names: class (kpa, cpu), "
+                         "window, panic-window-percentage, panic-threshold-percentage, "
+                         "target-utilization-percentage, min-scale, max-scale, "
+                         "scale-to-zero-grace-period, max-scale-up-rate, max-scale-down-rate, "
+                         "tick-interval, cpu-target-percentage; NAME all for every function")
     up.add_argument("--instance-concurrency", type=assignments, default={},
                     metavar="NAME=N,...",
                     help="requests one instance serves at once (Cloud Run's --concurrency); "
@@ -79,8 +91,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.set_defaults(run=run_up)
 
     scale = sub.add_parser("scale", help="scale a running `brkcoin up`: rng=4 worker=10 ...",
-                           description="rng, hasher, webui: instances; worker: invocations "
-                                       "per tick (its instances follow the load).")
+                           description="rng, hasher, webui: pin at N instances, or NAME=auto "
+                                       "to hand back to the autoscaler; worker: invocations "
+                                       "per tick, 0 pauses the schedule (its instances "
+                                       "always autoscale).")
     scale.add_argument("scale", nargs="+", type=assignments, metavar="NAME=N")
     scale.add_argument("--data-dir", type=Path, default=DATA_DIR)
     scale.set_defaults(run=run_scale)
@@ -98,13 +112,19 @@ def _per_function(text: str, read: Callable[[str, str], T]) -> dict[str, T]:
     return result
 
 
-def _count(name: str, number: str) -> int:
-    high = bound(name)
+def _count(name: str, number: str) -> int | str:
+    low, high = bound(name)
+    if number == AUTO and name != "worker":
+        return AUTO
     if not (number.isascii() and number.isdigit() and len(number) <= 6
-            and 1 <= int(number) <= high):
-        raise argparse.ArgumentTypeError(f"{name}= takes a whole number from 1 to {high}, "
-                                         f"got {_shown(number)}")
+            and low <= int(number) <= high):
+        raise argparse.ArgumentTypeError(f"{name}= takes {_allowed(name)}, got {_shown(number)}")
     return int(number)
+
+
+def _allowed(name: str) -> str:
+    low, high = bound(name)
+    return f"a whole number from {low} to {high}" + ("" if name == "worker" else " or auto")
 
 
 def _seconds(name: str, number: str) -> float:
@@ -118,8 +138,9 @@ def _seconds(name: str, number: str) -> float:
     return seconds
 
 
-def assignments(text: str) -> dict[str, int]:
-    """'rng=2,worker=10' -> {'rng': 2, 'worker': 10}: instances, or invocations per tick."""
+def assignments(text: str) -> dict[str, int | str]:
+    """'rng=2,hasher=auto,worker=10' -> {'rng': 2, 'hasher': 'auto', 'worker': 10}:
+    instances (or back to the autoscaler), or invocations per tick."""
     return _per_function(text, _count)
 
 
@@ -147,9 +168,9 @@ def check_inputs(fanout: int, concurrency: int | None, batch: int | None) -> str
         settings = module.Settings.from_env(os.environ)
     except module.ConfigError as e:
         return str(e)
-    if not 1 <= fanout <= MAX_WORKERS:
-        return (f"--workers takes 1 to {MAX_WORKERS} invocations per tick (the worker's "
-                f"concurrency x its max instances), not {fanout}")
+    if not 0 <= fanout <= MAX_WORKERS:
+        return (f"--workers takes 0 (paused) to {MAX_WORKERS} invocations per tick (the "
+                f"worker's concurrency x its max instances), not {fanout}")
     if concurrency is not None and not 1 <= concurrency <= settings.max_concurrency:
         return (f"--concurrency must be from 1 to {settings.max_concurrency} "
                 f"(WORKER_MAX_CONCURRENCY), not {concurrency}")
@@ -168,16 +189,21 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    scale = dict(args.scale)
+    asked = dict(args.scale)
     concurrency = dict(args.instance_concurrency)
     env: dict[str, str] = {}
     if args.lesson:
-        scale = {"rng": 1, "worker": 1} | scale
+        asked = {"rng": 1, "worker": 1} | asked
         concurrency = {"rng": 1} | concurrency
         env = dict(LESSON_DELAYS)
     if args.workers is not None:
-        scale["worker"] = args.workers
-    fanout = scale.pop("worker", 1)
+        asked["worker"] = args.workers
+    fanout = int(asked.pop("worker", 1))
+    scale = {name: int(n) for name, n in asked.items() if n != AUTO}  # pinned
+    try:
+        autoscaling = scaling_options.parse(args.autoscale, LOCAL_BOUNDS)
+    except argparse.ArgumentTypeError as e:
+        return _fail(str(e))
     problem = check_inputs(fanout, args.concurrency, args.batch)
     if problem:
         return _fail(problem)
@@ -198,14 +224,14 @@ def run_up(args: argparse.Namespace) -> int:
     platform = Platform(args.data_dir, args.host, ports, args.redis_port,
                         os.environ.get("REDIS_URL"), env, scale, concurrency,
                         timeouts=dict(args.timeout),
-                        redis_password=not args.redis_no_password)
+                        redis_password=not args.redis_no_password,
+                        scaling=autoscaling.scaling, bounds=autoscaling.bounds)
     inputs = {n: getattr(args, n) for n in ("concurrency", "batch") if getattr(args, n)}
     settings = worker_settings().Settings.from_env(os.environ)
     trigger = WorkerTrigger(platform.urls["worker"], fanout, inputs,
                             os.environ.get("WORKER_TOKEN", ""),
                             log=_logger(platform.logs / "scheduler.log", platform),
                             overlap=args.overlap, max_seconds=settings.max_seconds)
-    platform.expected["worker"] = fanout
     if "worker" not in args.timeout:  # an invocation mines for most of a tick
         platform.services["worker"].door.rules.request_timeout = FUNCTIONS["worker"].timeout_for(
             trigger.mining_seconds(longest_tick(schedule)))
@@ -336,31 +362,37 @@ class Status:
             return
         for name, n in wanted.items():
             if name == "worker":
-                self.trigger.fanout = n  # the next tick sends that many
-                self.platform.expected["worker"] = n
+                self.trigger.fanout = int(n)  # the next tick sends that many; 0 pauses
+            elif n == AUTO:
+                self.platform.autoscale(name)
             else:
-                self.platform.scale(name, n)
+                self.platform.scale(name, int(n))
 
 
-def checked_scale(wanted: object) -> dict[str, int]:
-    """{"rng": 4, "worker": 10} from control.json, every name and bound checked."""
+def checked_scale(wanted: object) -> dict[str, int | str]:
+    """{"rng": 4, "hasher": "auto", "worker": 10} from control.json, every name and
+    bound checked."""
     if not isinstance(wanted, dict) or not wanted:
         raise ValueError(f"'scale' must be an object of NAME: N, got {_shown(wanted)}")
-    result = {}
+    result: dict[str, int | str] = {}
     for name, n in wanted.items():
         if name not in FUNCTIONS:
             raise ValueError(f"no function {_shown(name)}; the functions are "
                              f"{', '.join(FUNCTIONS)}")
-        high = bound(name)
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= high:
-            raise ValueError(f"{name} takes a whole number from 1 to {high}, got {_shown(n)}")
+        low, high = bound(name)
+        if n == AUTO and name != "worker":
+            result[name] = AUTO
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= high:
+            raise ValueError(f"{name} takes {_allowed(name)}, got {_shown(n)}")
         result[name] = n
     return result
 
 
-def bound(name: str) -> int:
-    """The most a scale may ask: instances, or for the worker invocations per tick."""
-    return MAX_WORKERS if name == "worker" else FUNCTIONS[name].max_instances
+def bound(name: str) -> tuple[int, int]:
+    """What a scale may ask: instances, or for the worker invocations per tick (0
+    pauses the schedule)."""
+    return (0, MAX_WORKERS) if name == "worker" else (1, FUNCTIONS[name].max_instances)
 
 
 def _shown(value: object) -> str:
@@ -375,6 +407,8 @@ def status_line(state: dict[str, Any]) -> str:
              f"{money['coins']:>9,} coins" if money else "redis unreachable"]
     for name, f in state["functions"].items():
         shown = f"{name} {f['instances']}"
+        if f.get("wanted", f["instances"]) != f["instances"]:
+            shown += f"/{f['wanted']}"
         if f["concurrency"] and name != "worker":
             shown += f"x{f['concurrency']}"
         if f["queued"]:
@@ -383,7 +417,7 @@ def status_line(state: dict[str, Any]) -> str:
             shown += f" restarted {f['restarts']}"
         parts.append(shown)
     scheduler = state["scheduler"]
-    ticks = f"{scheduler['fanout']}/tick"
+    ticks = f"{scheduler['fanout']}/tick" if scheduler["fanout"] else "schedule paused"
     if scheduler["skipped"]:
         ticks += f", {scheduler['skipped']} skipped"
     if scheduler["problem"]:
@@ -398,7 +432,7 @@ def status_line(state: dict[str, Any]) -> str:
 
 
 def run_scale(args: argparse.Namespace) -> int:
-    wanted: dict[str, int] = {}
+    wanted: dict[str, int | str] = {}
     for each in args.scale:
         wanted.update(each)
     owner = runfile.running_owner(args.data_dir)
@@ -415,14 +449,18 @@ def run_scale(args: argparse.Namespace) -> int:
     return _fail("the stack did not reach that scale within 60 s; see `brkcoin status`", 1)
 
 
-def _reached(state: dict[str, Any], wanted: dict[str, int]) -> bool:
+def _reached(state: dict[str, Any], wanted: dict[str, int | str]) -> bool:
     if not state:
         return False
     for name, n in wanted.items():
+        function = state["functions"][name]
         if name == "worker":
             if state["scheduler"]["fanout"] != n:
                 return False
-        elif state["functions"][name]["instances"] != n:
+        elif n == AUTO:
+            if not function.get("autoscaled"):
+                return False
+        elif function["instances"] != n or function.get("autoscaled"):
             return False
     return True
 

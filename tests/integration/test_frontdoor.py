@@ -78,7 +78,7 @@ def test_a_full_instance_makes_requests_wait_their_turn(start_function, door):
     assert 1.0 <= took < 2.0  # one at a time: 5 x 0.2 s, not 0.2 s
 
 
-def test_no_free_instance_in_time_is_a_json_503(start_function, door):
+def test_no_free_instance_in_time_is_a_json_429_with_retry_after(start_function, door):
     rng = door("rng", concurrency=1, line_timeout=0.3)
     rng.add(start_function("rng", {"RNG_DELAY": "1"}))
     with ThreadPoolExecutor(2) as pool:
@@ -86,8 +86,9 @@ def test_no_free_instance_in_time_is_a_json_503(start_function, door):
         time.sleep(0.1)
         second = requests.get(rng.url + "/8", timeout=10)
         assert first.result().status_code == 200
-    assert second.status_code == 503
-    assert "no rng instance free within 0.3 s" in second.json()["error"]
+    assert second.status_code == 429
+    assert second.headers["Retry-After"] == "1"
+    assert "no rng instance free within 0.3 s: throttled" in second.json()["error"]
 
 
 def test_bodies_stream_through_both_ways(start_function, door):

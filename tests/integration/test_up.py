@@ -34,7 +34,8 @@ def test_up_mines_answers_status_and_mine(up):
     password = stack.redis_password()
     status = subprocess.run(
         [BRKCOIN, "status", "--redis-url",
-         f"redis://:{password}@127.0.0.1:{stack.ports['redis']}/0", "--sample", "1.5"],
+         f"redis://:{password}@127.0.0.1:{stack.ports['redis']}/0", "--sample", "1.5",
+         "--json"],
         capture_output=True, text=True, timeout=30,
     )
     report = json.loads(status.stdout)

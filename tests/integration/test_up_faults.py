@@ -35,8 +35,8 @@ def test_a_scale_beyond_the_bound_is_refused_and_names_it(tmp_path, asked):
     result = subprocess.run([BRKCOIN, "scale", asked, "--data-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    high = "80" if asked.startswith("worker") else "10"
-    assert f"takes a whole number from 1 to {high}" in result.stderr
+    bounds = "0 to 80" if asked.startswith("worker") else "1 to 10 or auto"
+    assert f"takes a whole number from {bounds}" in result.stderr
 
 
 def test_a_bad_control_file_leaves_up_on_the_last_good_scale(up):
@@ -49,7 +49,8 @@ def test_a_bad_control_file_leaves_up_on_the_last_good_scale(up):
     for garbage in ['{"scale": {"worker": 1e30}}', '{"scale": {"worker": 100000}}',
                     '{"scale": {"worker": -1}}', '{"scale": {"worker": true}}',
                     '{"scale": {"miner": 2}}', '{"scale": "all"}', '{"scale": {}}',
-                    '{"scale": {"rng": 99999999999999999999}}', '[1, 2]', 'not json',
+                    '{"scale": {"rng": 99999999999999999999}}', '{"scale": {"worker": "auto"}}',
+                    '{"scale": {"rng": "Auto"}}', '[1, 2]', 'not json',
                     '{"scale": {"worker": 2}}' + ' ' * 70_000]:  # good, but over the bound
         control.write_text(garbage)
         give_up = time.monotonic() + 5

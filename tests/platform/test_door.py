@@ -150,3 +150,37 @@ def test_the_line_is_bounded() -> None:
         d.arrive(0.0)
     with pytest.raises(LineFull, match="2 rng requests already waiting"):
         d.arrive(0.0)
+    assert d.throttled == 1 and d.load == 3
+
+
+def test_the_load_is_requests_in_flight_and_waiting_over_time() -> None:
+    """Knative's observed concurrency: 1 request for 2 s, then 3 for 2 s -> 2 on average."""
+    d = door(concurrency=1, instances=1)
+    first = d.arrive(0.0)
+    assert d.observe(0.0) == (1.0, 0.0)
+    more = [d.arrive(2.0), d.arrive(2.0)]
+    assert d.observe(4.0) == (2.0, 4.0)
+    d.finish(first, 5.0)
+    for ticket in more:
+        d.finish(ticket, 5.0)
+    assert d.observe(6.0) == (1.5, 2.0)  # 3 for 1 s, then none for 1 s
+    assert d.load == 0
+
+
+def test_waiters_past_the_bound_are_throttled_and_leave_the_load() -> None:
+    d = door(concurrency=1, instances=1, line_timeout=10.0)
+    d.arrive(0.0)
+    for _ in range(3):
+        d.arrive(0.0)
+    waited, _ = d.expired(10.0)
+    assert len(waited) == 3 and d.throttled == 3 and d.load == 1
+
+
+def test_who_waited_for_a_new_instance_had_a_cold_start() -> None:
+    d = door(concurrency=1, instances=0)
+    first, second = d.arrive(0.0), d.arrive(0.5)
+    d.add(Instance("rng-1", "127.0.0.1", 9001), 1.5)
+    assert first.instance is not None and second.instance is None
+    assert d.cold_requests == 1 and d.cold_wait == 1.5
+    d.finish(first, 2.0)  # the next in line took a warm slot: no cold start
+    assert second.instance is not None and d.cold_requests == 1

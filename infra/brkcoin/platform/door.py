@@ -6,10 +6,15 @@ instance with the fewest requests in flight that still has a free slot under the
 per-instance concurrency (Cloud Run's --concurrency, Knative's
 containerConcurrency), and among equals to the one that served least, so idle
 instances take turns. When every slot is taken, requests wait in line, first
-come first served, up to a bound. A request whose client has gone leaves the
-line or frees its slot at once. Every decision is a function of this state and
-the time it is given (`now`), so the rules are tested on a fake clock; the byte
-proxy (proxy.py) does the I/O and asks.
+come first served, up to a bound; past it they are throttled (the proxy answers
+429, as Cloud Run does). A request whose client has gone leaves the line or
+frees its slot at once.
+
+The door also keeps what the autoscaler reads: the load (requests in flight and
+waiting, Knative's observed concurrency) integrated over time, and the requests
+that waited for an instance to start (cold-start requests). Every decision is a
+function of this state and the time it is given (`now`), so the rules are tested
+on a fake clock; the byte proxy (proxy.py) does the I/O and asks.
 """
 
 from __future__ import annotations
@@ -63,18 +68,29 @@ class Door:
     instances: list[Instance] = field(default_factory=list)
     line: deque[Ticket] = field(default_factory=deque)
     running: set[Ticket] = field(default_factory=set)
+    # What the autoscaler and the status read:
+    load: int = 0  # requests in flight and in line
+    load_seconds: float = 0.0  # load integrated since `observed_since`
+    load_since: float = 0.0  # when load_seconds was last brought up to date
+    observed_since: float = 0.0
+    throttled: int = 0  # requests refused for waiting too long or a full line
+    cold_requests: int = 0  # requests that waited in line for an instance to start
+    cold_wait: float | None = None  # the latest one's wait, in seconds
 
     # -- requests --
     def arrive(self, now: float) -> Ticket:
         """A request's ticket, with its instance if one has room and nobody waits."""
         ticket = Ticket(now)
         instance = None if self.line else self._free(now)
+        self._account(now)
         if instance is not None:
             self._grant(ticket, instance, now)
         elif len(self.line) >= self.max_line:
+            self.throttled += 1
             raise LineFull(f"{len(self.line)} {self.name} requests already waiting")
         else:
             self.line.append(ticket)
+        self.load += 1
         return ticket
 
     def finish(self, ticket: Ticket, now: float, outcome: str = "answered") -> list[Ticket]:
@@ -84,6 +100,8 @@ class Door:
         if ticket.done:
             return []
         ticket.done = True
+        self._account(now)
+        self.load -= 1
         instance = ticket.instance
         if instance is None:
             if ticket in self.line:
@@ -103,10 +121,13 @@ class Door:
         """(tickets that waited in line too long, now out of it; tickets whose
         instance has taken longer than the request timeout, still on it)."""
         waited = []
+        self._account(now)
         while self.line and now - self.line[0].arrived >= self.line_timeout:
             ticket = self.line.popleft()
             ticket.done = True
             waited.append(ticket)
+        self.load -= len(waited)
+        self.throttled += len(waited)
         slow = [t for t in self.running if now - t.started >= self.request_timeout]
         return waited, slow
 
@@ -133,10 +154,29 @@ class Door:
                 best = i
         return best
 
+    # -- load --
+    def _account(self, now: float) -> None:
+        self.load_seconds += self.load * max(0.0, now - self.load_since)
+        self.load_since = now
+
+    def observe(self, now: float) -> tuple[float, float]:
+        """(the average load since the last look, over how many seconds): the
+        concurrency Knative's autoscaler scrapes."""
+        self._account(now)
+        seconds = now - self.observed_since
+        average = self.load_seconds / seconds if seconds > 0 else float(self.load)
+        self.load_seconds, self.observed_since = 0.0, now
+        return average, seconds
+
     # -- instances --
     def add(self, instance: Instance, now: float) -> list[Ticket]:
+        """A new instance, ready: whoever waited in line for it had a cold start."""
         self.instances.append(instance)
-        return self.serve_line(now)
+        granted = self.serve_line(now)
+        for ticket in granted:
+            self.cold_requests += 1
+            self.cold_wait = now - ticket.arrived
+        return granted
 
     def drop(self, instance: Instance) -> None:
         """Forget it: it died, or it has drained."""

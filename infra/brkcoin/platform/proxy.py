@@ -12,7 +12,8 @@ bounded by reading a connection only while its request needs it: a client that
 pipelines requests without reading the answers is read one request at a time,
 and TCP holds the rest. What the door answers itself is JSON: 431 for a head
 over 64 KiB, 400 for a malformed request, 501 for an upgrade, 502 when an
-instance fails before answering, 503 when no instance frees up in time, 504
+instance fails before answering, 429 with Retry-After when no instance frees up
+in time or the line is full (throttled, as Cloud Run answers), 504
 when the instance takes longer than the function's timeout.
 """
 
@@ -23,6 +24,7 @@ import json
 import select
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -44,14 +46,16 @@ RETRIES = 3
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
               b"transfer-encoding", b"upgrade", b"expect"}
 SPECIAL = HOP_BY_HOP | {b"content-length"}
-REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented",
+REASONS = {400: "Bad Request", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+           501: "Not Implemented",
            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-def _error(status: int, message: str) -> bytes:
+def _error(status: int, message: str, retry_after: int | None = None) -> bytes:
     body = json.dumps({"error": message}).encode()
+    retry = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
     return (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+            f"{retry}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
 class FrontDoor:
@@ -61,6 +65,10 @@ class FrontDoor:
                  request_timeout: float = 30.0, max_line: int = 1000) -> None:
         self.name = name
         self.rules = Door(name, concurrency, line_timeout, request_timeout, max_line)
+        self.retry_after = 1  # seconds a throttled client is told to wait (the platform sets it)
+        # Called when a request comes and no instance is there (scaled to zero):
+        # the platform starts one while the request waits in line.
+        self.wake: Callable[[], None] | None = None
         self.exchanges: dict[Ticket, _Exchange] = {}
         self.idle: dict[Instance, list[tuple[float, _Upstream]]] = {}
         self.clients: set[_Client] = set()
@@ -128,7 +136,8 @@ class FrontDoor:
         waited, slow = self.rules.expired(now)
         for ticket in waited:
             self.exchanges.pop(ticket).refuse(
-                503, f"no {self.name} instance free within {self.rules.line_timeout:g} s")
+                429, f"no {self.name} instance free within {self.rules.line_timeout:g} s: "
+                     "throttled", self.retry_after)
         for ticket in slow:
             if (exchange := self.exchanges.get(ticket)) is not None:
                 exchange.time_out()
@@ -140,12 +149,14 @@ class FrontDoor:
         try:
             ticket = self.rules.arrive(time.monotonic())
         except LineFull as e:
-            exchange.refuse(503, str(e))
+            exchange.refuse(429, f"{e}: throttled", self.retry_after)
             return
         exchange.ticket = ticket
         self.exchanges[ticket] = exchange
         if ticket.instance is not None:
             exchange.send(ticket.instance)
+        elif not self.rules.instances and self.wake is not None:
+            self.wake()
 
     def finish(self, ticket: Ticket, outcome: str) -> None:
         self.exchanges.pop(ticket, None)
@@ -600,10 +611,10 @@ class _Exchange:
             self.refuse(504, f"{self.door.name} took longer than its timeout of "
                              f"{self.door.rules.request_timeout:g} s")
 
-    def refuse(self, status: int, message: str) -> None:
+    def refuse(self, status: int, message: str, retry_after: int | None = None) -> None:
         """Our own answer, JSON; the connection closes after it."""
         self.over = True
-        self.client.write(_error(status, message))
+        self.client.write(_error(status, message, retry_after))
         self.client.done(self, keep_open=False)
 
     def client_gone(self) -> None:

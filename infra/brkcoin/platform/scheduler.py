@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,9 +15,9 @@ from urllib.parse import urlsplit
 
 from cronsim import CronSim, CronSimError
 
-# An invocation mines for this share of the tick, as a 1-minute cron mining 55 s,
-# so consecutive ticks keep the rate continuous without piling up.
-MINING_SHARE = 55 / 60
+# An invocation whose mining ends this close to a tick counts as done: a tick's
+# timer and the invocation's own clock differ by a few milliseconds.
+SLACK = 0.5
 
 
 class BadSchedule(ValueError):
@@ -108,13 +109,16 @@ class WorkerTrigger:
     """Each tick, what Cloud Scheduler sends, `fanout` times at once: POST / with
     {"seconds": ...} and the bearer token, to the worker's URL.
 
-    `fanout` is "N workers" in the DockerCoins lesson; it may change between ticks.
-    An invocation mines for MINING_SHARE of the tick, at most `max_seconds` (the
-    worker's own bound), so a long interval mines in bursts rather than failing.
-    The overlap policy is a Kubernetes CronJob's concurrencyPolicy: "skip" (Forbid,
-    the default) lets no tick start while invocations of an earlier one still
-    run, so a slow worker can never build a backlog; "allow" starts them anyway,
-    up to 4 x fanout in flight.
+    `fanout` is "N workers" in the DockerCoins lesson; it may change between ticks,
+    and 0 pauses the schedule (as pausing a Cloud Scheduler job does). An
+    invocation mines for the whole tick, at most `max_seconds` (the worker's own
+    bound), so consecutive ticks leave no gap; a long interval mines in bursts
+    rather than failing. The overlap policy is a Kubernetes CronJob's
+    concurrencyPolicy: "skip" (Forbid, the default) lets no tick start while
+    invocations of an earlier one still mine, so a slow worker can never build a
+    backlog; an invocation counts as mining until its deadline, and its last
+    flush and answer may overlap the next tick (one tick's worth: 2 x fanout in
+    flight at most). "allow" starts them anyway, up to 4 x fanout in flight.
     """
 
     def __init__(
@@ -126,40 +130,59 @@ class WorkerTrigger:
         log: Callable[[str], None] = print,
         overlap: str = "skip",
         max_seconds: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if overlap not in ("skip", "allow"):
             raise BadSchedule(f"the overlap policy is skip or allow, not {overlap!r}")
         self.url, self.fanout, self.inputs, self.log = worker_url, fanout, inputs or {}, log
-        self.overlap, self.max_seconds = overlap, max_seconds
+        self.overlap, self.max_seconds, self.clock = overlap, max_seconds, clock
         self.headers = {"Content-Type": "application/json", "User-Agent": "brkcoin-scheduler"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
-        self.in_flight = 0
+        self.in_flight = 0  # invocations not answered yet
+        self.deadlines: list[float] = []  # when each invocation in flight stops mining
         self.ticks = self.skipped = self.invocations = 0
         self.answers: Counter[str] = Counter()  # "200", "503", "unreachable"...
         self.problem = ""  # the latest answer that was not a 200, in a line
         self.tasks: set[asyncio.Task[None]] = set()
 
     def mining_seconds(self, tick_seconds: float) -> float:
-        return min(self.max_seconds, max(1.0, round(tick_seconds * MINING_SHARE, 1)))
+        return min(self.max_seconds, max(1.0, round(tick_seconds, 1)))
+
+    def mining(self) -> int:
+        """Invocations still mining: in flight, and before their deadline."""
+        now = self.clock()
+        return sum(1 for deadline in self.deadlines if deadline - SLACK > now)
+
+    def busy(self) -> bool:
+        """Whether this tick must be skipped (the overlap policy). With "skip", a
+        tick waits for the earlier invocations' mining, and for their answers
+        when more than one tick's worth are unanswered: no backlog ever builds."""
+        if self.overlap == "skip":
+            return self.mining() > 0 or self.in_flight > self.fanout
+        return self.in_flight >= 4 * self.fanout
 
     def __call__(self, tick_seconds: float) -> None:
+        if self.fanout == 0:
+            return  # paused
         seconds = self.mining_seconds(tick_seconds)
         body = json.dumps({"seconds": seconds, **self.inputs}).encode()
         self.ticks += 1
-        if self.in_flight and (self.overlap == "skip" or self.in_flight >= 4 * self.fanout):
+        if self.busy():
             self.skipped += 1
-            self.log(f"tick skipped: {self.in_flight} invocation(s) of earlier ticks "
-                     "still running")
+            self.log(f"tick skipped: {self.mining()} invocation(s) of earlier ticks "
+                     "still mining")
             return
         self.in_flight += self.fanout
         self.invocations += self.fanout
         for _ in range(self.fanout):
-            task = asyncio.get_running_loop().create_task(self._invoke(body, seconds))
+            deadline = self.clock() + seconds
+            self.deadlines.append(deadline)
+            task = asyncio.get_running_loop().create_task(self._invoke(body, seconds, deadline))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _invoke(self, body: bytes, seconds: float) -> None:
+    async def _invoke(self, body: bytes, seconds: float, deadline: float) -> None:
         try:
             status, text = await post(self.url, body, self.headers, timeout=seconds + 60)
             outcome = str(status)
@@ -167,15 +190,17 @@ class WorkerTrigger:
             outcome, text = "unreachable", str(e) or type(e).__name__
         finally:
             self.in_flight -= 1
+            self.deadlines.remove(deadline)
         self.log(f"worker {outcome}: {text}")
         self.answers[outcome] += 1
         if outcome != "200":
             self.problem = f"{outcome}: {_first_line(text)}"
 
     def state(self) -> dict[str, object]:
-        return {"fanout": self.fanout, "overlap": self.overlap, "ticks": self.ticks,
-                "skipped": self.skipped, "invocations": self.invocations,
-                "in_flight": self.in_flight, "answers": dict(self.answers),
+        return {"fanout": self.fanout, "paused": self.fanout == 0, "overlap": self.overlap,
+                "ticks": self.ticks, "skipped": self.skipped, "invocations": self.invocations,
+                "in_flight": self.in_flight, "mining": self.mining(),
+                "answers": dict(self.answers),
                 "problem": self.problem}
 
 

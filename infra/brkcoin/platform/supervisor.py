@@ -12,8 +12,17 @@ process on a private loopback port. The platform
   (backoff.py; both reset after a minute of health); the door holds requests in line
   meanwhile rather than failing them. An instance that times out again and again
   (frozen) is killed and replaced, as a failed liveness probe would have it;
-- autoscales the worker: enough instances for the invocations in flight at its
-  per-instance concurrency, scaling in only idle instances after a quiet minute;
+- autoscales every function a human has not pinned (`scale`), as Knative's KPA
+  does (autoscaler.py decides; the door measures the load): to zero after a
+  grace, and back from zero when a request comes, which the door holds in line
+  meanwhile, as Knative's activator does. Each start says why (deployment,
+  autoscaling, min instances, manual, restart) and is timed: its cold start,
+  from the process's start to its first ready answer;
+- throttles: a request waits in line at most max(10 s, 3.5 x the function's
+  average cold start), as Cloud Run bounds it, then gets a 429;
+- counts instance-seconds (each instance's life: what Cloud Run bills);
+- logs each start and each change of the wanted count, with its reason, as JSON
+  lines in logs/platform.log;
 - publishes its state every beat: to Redis (`brkcoin:platform`, read by the
   web UI) and to whoever asks `state()`.
 
@@ -36,11 +45,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import redis
 import redis.asyncio
 
-from brkcoin.layout import FUNCTIONS, Function
+from brkcoin.layout import FUNCTIONS, Function, Scaling
 from brkcoin.platform import processes
+from brkcoin.platform.autoscaler import Autoscaler
 from brkcoin.platform.backoff import Backoff
 from brkcoin.platform.disk import Disk
 from brkcoin.platform.processes import FunctionProcess, free_port
@@ -52,9 +63,14 @@ def instance_backoff() -> Backoff:
     """1, 2, 4 ... 30 s between restarts, from 1 s again after a minute up."""
     return Backoff(first=1.0, cap=30.0, reset_after=60.0)
 
-SCALE_IN_AFTER = 60.0  # seconds of lower demand before the worker scales in
 BEAT = 0.5  # seconds between the control plane's looks
 KEEP_LOGS = 5  # log files kept per function of instances that have ended
+READY_POLL = 0.05  # seconds between health checks of a starting instance
+# Cloud Run's bound on a request's wait for an instance: max(10 s, 3.5 x the
+# average start-up time); past it, a 429.
+MIN_WAIT, WAIT_PER_START = 10.0, 3.5
+COLD_STARTS_AVERAGED = 10  # the latest starts the average cold start is taken over
+HISTORY_EVERY, HISTORY_KEPT = 5.0, 120  # the instance count over time: 10 minutes
 
 
 @dataclass(eq=False)
@@ -63,10 +79,15 @@ class Running:
 
     process: FunctionProcess
     door: Instance
+    reason: str = "deployment"  # why it started, as Cloud Run's log says
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when it was found gone
     ready: bool = False
-    probing: bool = False
     retiring: bool = False
+    cpu_seconds: float | None = None  # its group's CPU time at the last look (kind cpu)
+
+    def wanted(self) -> bool:
+        return self.process.alive and not self.retiring
     restart_at: float = 0.0  # when dead: not before then
     backoff: Backoff = field(default_factory=instance_backoff)  # handed on to its replacement
 
@@ -80,15 +101,37 @@ class Service:
     door: FrontDoor
     env: dict[str, str]
     wanted: int
+    autoscaler: Autoscaler
+    pinned: bool  # a human fixed the count; else the autoscaler sets it
     instances: list[Running] = field(default_factory=list)
     restarts: int = 0
     replaced: int = 0  # killed for timing out again and again
     counter: int = 0  # names instances rng-1, rng-2, ...
-    demand: deque[tuple[float, int]] = field(default_factory=deque)  # autoscaler's memory
+    next_decision: float = 0.0
+    panic: bool = False
+    decision: dict[str, Any] | None = None  # the latest change of `wanted`, and why
+    cold_starts: deque[float] = field(default_factory=lambda: deque(maxlen=COLD_STARTS_AVERAGED))
+    started_count: int = 0  # instances that became ready (each a cold start)
+    cold_start_at: float | None = None  # epoch seconds of the latest
+    ended_seconds: float = 0.0  # instance-seconds of instances that have ended
+    history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY_KEPT))
 
     @property
     def live(self) -> list[Running]:
         return [r for r in self.instances if not r.retiring]
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for r in self.live if r.ready)
+
+    def instance_seconds(self, now: float) -> float:
+        return self.ended_seconds + sum(now - r.started for r in self.instances
+                                        if r.ended is None)
+
+    def wait_bound(self) -> float:
+        """How long a request may wait in line: max(10 s, 3.5 x the average cold start)."""
+        average = sum(self.cold_starts) / len(self.cold_starts) if self.cold_starts else 0.0
+        return max(MIN_WAIT, WAIT_PER_START * average)
 
 
 class Platform:
@@ -102,10 +145,14 @@ class Platform:
         env: dict[str, str] | None = None,
         scale: dict[str, int] | None = None,
         concurrency: dict[str, int] | None = None,
-        autoscale: tuple[str, ...] = ("worker",),
         timeouts: dict[str, float] | None = None,
         redis_password: bool = True,
+        scaling: dict[str, Scaling] | None = None,
+        bounds: dict[str, tuple[int, int]] | None = None,
     ) -> None:
+        """`scale` pins those functions' instance counts; the others autoscale with
+        the spec's `Scaling` (or `scaling`'s) between the spec's min and max (or
+        `bounds`'), starting at one instance (Knative's initial scale)."""
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.logs = self.data_dir / "logs"
@@ -123,21 +170,20 @@ class Platform:
         shared = {"REDIS_URL": self.redis_url, "RNG_URL": self.urls["rng"],
                   "HASHER_URL": self.urls["hasher"], "WORKER_URL": self.urls["worker"]}
         concurrency, timeouts = concurrency or {}, timeouts or {}
-        self.services = {
-            name: Service(
-                function, self.urls[name],
-                FrontDoor(name, concurrency.get(name, function.concurrency),
-                          line_timeout=timeouts.get(name, function.timeout),
-                          request_timeout=timeouts.get(name, function.timeout)),
-                shared | (env or {}), (scale or {}).get(name, 1),
-            )
-            for name, function in FUNCTIONS.items()
-        }
+        scale, scaling, bounds = scale or {}, scaling or {}, bounds or {}
+        self.services = {}
+        for name, function in FUNCTIONS.items():
+            each = concurrency.get(name, function.concurrency)
+            low, high = bounds.get(name, (function.min_instances, function.max_instances))
+            door = FrontDoor(name, each, line_timeout=MIN_WAIT,
+                             request_timeout=timeouts.get(name, function.timeout))
+            door.wake = lambda name=name: self._wake(name)
+            self.services[name] = Service(
+                function, self.urls[name], door, shared | (env or {}),
+                wanted=scale.get(name, max(1, low)),
+                autoscaler=Autoscaler(scaling.get(name, function.scaling), each, low, high),
+                pinned=name in scale)
         self.ports = ports
-        self.autoscaled = autoscale
-        # Requests known to be coming (the scheduler's fan-out): capacity for them
-        # is there before the tick, so no invocation waits in line for an instance.
-        self.expected: dict[str, int] = {}
         # More to publish beside the functions (`up` adds its scheduler's state).
         self.report: Callable[[], dict[str, Any]] = dict
         self._state: redis.asyncio.Redis | None = None
@@ -162,7 +208,7 @@ class Platform:
                                               f"{self.ports[name]}: {e.strerror or e}") from e
             for service in self.services.values():
                 for _ in range(service.wanted):
-                    self._spawn(service)
+                    self._spawn(service, "deployment")
             await self._await_ready(timeout)
         except BaseException:
             await self.stop()
@@ -171,16 +217,15 @@ class Platform:
 
     async def _await_ready(self, timeout: float) -> None:
         give_up = time.monotonic() + timeout
-        everyone = [(s, r) for s in self.services.values() for r in s.instances]
-        while not all(r.ready for _, r in everyone):
-            for service, running in everyone:
+        everyone = [r for s in self.services.values() for r in s.instances]
+        while not all(r.ready for r in everyone):
+            for running in everyone:
                 process = running.process.process
                 if process is not None and process.poll() is not None:
                     raise processes.StartFailed(
                         f"{running.process.instance} exited; see {running.process.log}")
-                self._probe(service, running)
             if time.monotonic() > give_up:
-                late = [r.process.instance for _, r in everyone if not r.ready]
+                late = [r.process.instance for r in everyone if not r.ready]
                 raise processes.StartFailed(f"{', '.join(late)} did not answer in {timeout} s; "
                                             f"see {self.logs}")
             await asyncio.sleep(0.05)
@@ -206,52 +251,86 @@ class Platform:
             self.redis.stop()
 
     # -- instances --
-    def _spawn(self, service: Service, backoff: Backoff | None = None) -> Running:
-        """A new instance; a replacement takes on the back-off of the one it replaces."""
+    def _spawn(self, service: Service, reason: str, backoff: Backoff | None = None) -> Running:
+        """A new instance, and why; a replacement takes on the back-off of the one
+        it replaces. It joins the door once its health check answers."""
         service.counter += 1
         name = f"{service.function.name}-{service.counter}"
         port = free_port(self.host)
         process = FunctionProcess(service.function, port, service.env, self.logs, self.host,
                                   name=name, disk=self.disk)
-        running = Running(process.start(), Instance(name, self.host, port),
+        running = Running(process.start(), Instance(name, self.host, port), reason,
                           backoff=backoff or instance_backoff())
         running.backoff.started(running.started)
         service.instances.append(running)
+        self.log(f"{name} starting: {reason}", function=service.function.name,
+                 instance=name, reason=reason)
+        asyncio.get_running_loop().create_task(self._become_ready(service, running))
         return running
 
-    def _probe(self, service: Service, running: Running) -> None:
-        """Ask the instance's health check, in the background; it joins the door
-        once it answers."""
-        if running.probing or running.ready:
-            return
-        running.probing = True
+    async def _become_ready(self, service: Service, running: Running) -> None:
+        """Ask its health check until it answers: then it takes requests, and the
+        time since its process started is its cold start."""
+        while running.wanted():
+            if await processes.answers(running.door.host, running.door.port, 0.5):
+                if not running.wanted():  # retired or died while it answered
+                    return
+                cold = time.monotonic() - running.started
+                running.ready = True
+                service.door.add(running.door)
+                service.started_count += 1
+                service.cold_starts.append(cold)
+                service.cold_start_at = time.time()
+                self._throttle(service)
+                self.log(f"{running.process.instance} ready after {cold:.2f} s (cold start)",
+                         function=service.function.name, instance=running.process.instance,
+                         cold_start_seconds=round(cold, 3))
+                return
+            await asyncio.sleep(READY_POLL)
 
-        async def probe() -> None:
-            try:
-                if await processes.answers(running.door.host, running.door.port, 0.5):
-                    if not running.ready and not running.retiring:
-                        running.ready = True
-                        service.door.add(running.door)
-            finally:
-                running.probing = False
-
-        asyncio.get_running_loop().create_task(probe())
+    def _throttle(self, service: Service) -> None:
+        bound = service.wait_bound()
+        service.door.rules.line_timeout = bound
+        service.door.retry_after = max(1, math.ceil(bound / WAIT_PER_START))
 
     def scale(self, name: str, wanted: int) -> None:
+        """Pin the function at `wanted` instances (`brkcoin scale rng=4`)."""
         service = self.services[name]
         limit = service.function.max_instances
         if not 1 <= wanted <= limit:
             raise ValueError(f"{name} takes 1 to {limit} instances, not {wanted}")
-        service.wanted = wanted
+        if wanted != service.wanted or not service.pinned:
+            self._decided(service, wanted, "pinned by `brkcoin scale`", time.monotonic())
+        service.wanted, service.pinned = wanted, True
+
+    def autoscale(self, name: str) -> None:
+        """Hand the function back to the autoscaler (`brkcoin scale rng=auto`)."""
+        service = self.services[name]
+        if service.pinned:
+            service.pinned, service.next_decision = False, 0.0
+            self.log(f"{name} autoscaled from {service.wanted}", function=name)
+
+    def _wake(self, name: str) -> None:
+        """A request came to a door with no instance: scale from zero at once, as
+        Knative's activator pokes the autoscaler; the door holds it meanwhile."""
+        service = self.services[name]
+        if service.wanted == 0 and not service.live:
+            self._decided(service, 1, "a request arrived at zero instances", time.monotonic())
+            service.wanted = 1
+            self._converge(service)
 
     def _converge(self, service: Service) -> None:
         live = service.live
-        for _ in range(service.wanted - len(live)):
-            self._spawn(service)
+        if len(live) < service.wanted:
+            low = service.autoscaler.min_scale
+            reason = ("manual" if service.pinned else
+                      "min instances" if len(live) < low else "autoscaling")
+            for _ in range(service.wanted - len(live)):
+                self._spawn(service, reason)
         surplus = len(live) - service.wanted
         if surplus > 0:
-            # The least busy go first; the worker's autoscaler only ever retires
-            # idle ones (Cloud Run scales in idle instances).
+            # The least busy go first (Cloud Run scales in idle instances); the
+            # door sends them nothing new, and what they have in flight finishes.
             for running in sorted(live, key=lambda r: r.door.in_flight)[:surplus]:
                 self._retire(service, running)
 
@@ -267,13 +346,14 @@ class Platform:
 
     # -- the heartbeat --
     async def beat(self) -> None:
-        """Supervise, converge on the wanted scale, autoscale, publish."""
+        """Supervise, autoscale, converge on the wanted scale, publish."""
         now = time.monotonic()
-        for name, service in self.services.items():
-            if name in self.autoscaled:
-                self._autoscale(service, now)
+        for service in self.services.values():
             self._supervise(service, now)
+            self._autoscale(service, now)
             self._converge(service)
+            if not service.history or time.time() - service.history[-1][0] >= HISTORY_EVERY:
+                service.history.append((time.time(), service.ready))
         self._supervise_redis(now)
         await self._publish()
 
@@ -281,6 +361,8 @@ class Platform:
         for running in list(service.instances):
             process = running.process.process
             alive = process is not None and process.poll() is None
+            if not alive and running.ended is None:
+                running.ended = now
             if alive and running.door.unhealthy and not running.retiring:
                 assert process is not None
                 processes.signal_group(process.pid, signal.SIGKILL)  # frozen: replaced
@@ -288,13 +370,10 @@ class Platform:
                 running.door.timeouts = 0
                 continue  # reaped as dead at the next beat
             if alive:
-                if not running.ready:
-                    self._probe(service, running)
                 continue
             if running.retiring:  # done draining and gone: as wanted
                 running.process.stop()
-                service.instances.remove(running)
-                self._prune_logs(service)
+                self._forget(service, running)
                 continue
             if running.restart_at == 0.0:  # it just died
                 service.door.drop(running.door)
@@ -302,9 +381,14 @@ class Platform:
                 running.process.stop()  # reap it, and what is left of its group
             elif now >= running.restart_at:
                 service.restarts += 1
-                service.instances.remove(running)
-                self._spawn(service, running.backoff)
-                self._prune_logs(service)
+                self._forget(service, running)
+                self._spawn(service, "restart", running.backoff)
+
+    def _forget(self, service: Service, running: Running) -> None:
+        """An instance that has ended: its life is counted, its log pruned."""
+        service.ended_seconds += (running.ended or time.monotonic()) - running.started
+        service.instances.remove(running)
+        self._prune_logs(service)
 
     def _prune_logs(self, service: Service) -> None:
         """Keep the logs of the last KEEP_LOGS ended instances of the function; an
@@ -343,34 +427,89 @@ class Platform:
                 self.redis_restart_at = now + self.redis_backoff.failed(now)
 
     def _autoscale(self, service: Service, now: float) -> None:
-        """Instances for the requests in flight and in line, at the per-instance
-        concurrency; scale in only after SCALE_IN_AFTER seconds of lower demand."""
-        door = service.door
-        per_instance = door.concurrency or service.function.concurrency
-        demand = max(door.in_flight + door.queued, self.expected.get(service.function.name, 0))
-        needed = math.ceil(demand / per_instance) if per_instance else 1
-        needed = max(1, min(service.function.max_instances, needed))
-        service.demand.append((now, needed))
-        while service.demand and now - service.demand[0][0] > SCALE_IN_AFTER:
-            service.demand.popleft()
-        wanted = max(n for _, n in service.demand)
-        idle = [r for r in service.live if r.door.in_flight == 0]
-        if wanted < len(service.live) and not idle:
-            wanted = len(service.live)  # nothing idle to retire yet
-        service.wanted = wanted
+        """Feed the autoscaler what the door saw since the last beat (and, for the
+        cpu kind, the instances' CPU use); every tick, let it decide."""
+        scaler = service.autoscaler
+        average, seconds = service.door.rules.observe(now)
+        if seconds > 0:
+            scaler.record(now, average, seconds)
+            if scaler.scaling.kind == "cpu":
+                percent = self._cpu_percent(service, seconds)
+                if percent is not None:
+                    scaler.record_cpu(now, percent, seconds)
+        if service.pinned or now < service.next_decision:
+            return
+        service.next_decision = now + scaler.scaling.tick
+        decision = scaler.decide(now, service.ready)
+        service.panic = decision.panic
+        if decision.wanted != service.wanted:
+            self._decided(service, decision.wanted, decision.reason, now)
+            service.wanted = decision.wanted
+
+    def _decided(self, service: Service, wanted: int, reason: str, now: float) -> None:
+        name = service.function.name
+        service.decision = {"at": time.time(), "from": service.wanted, "to": wanted,
+                            "reason": reason}
+        self.log(f"{name} {service.wanted} \u2192 {wanted}: {reason}", function=name,
+                 wanted=wanted, previous=service.wanted, reason=reason)
+
+    def _cpu_percent(self, service: Service, seconds: float) -> float | None:
+        """The ready instances' average CPU use over the last `seconds`, in percent
+        of one core (each instance and its children: gunicorn's worker)."""
+        used, counted = 0.0, 0
+        for running in service.live:
+            process = running.process.process
+            if not running.ready or process is None:
+                continue
+            try:
+                root = psutil.Process(process.pid)
+                total = sum(sum(p.cpu_times()[:2]) for p in (root, *root.children(True)))
+            except psutil.Error:
+                continue
+            if running.cpu_seconds is not None:
+                used += max(0.0, total - running.cpu_seconds)
+                counted += 1
+            running.cpu_seconds = total
+        return 100 * used / seconds / counted if counted else None
+
+    def log(self, message: str, **fields: object) -> None:
+        """One JSON line in logs/platform.log, as a platform's event log has it."""
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "severity": "INFO", "message": message, **fields})
+
+        def append() -> None:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            with open(self.logs / "platform.log", "a") as out:
+                out.write(line + "\n")
+        self.disk.write("the platform's log", append)
 
     # -- state --
     def state(self) -> dict[str, Any]:
+        now = time.monotonic()
         return {
             "functions": {
                 name: {
-                    "instances": len([r for r in s.live if r.ready]),
+                    "instances": s.ready,
                     "wanted": s.wanted,
                     "concurrency": s.door.concurrency,
                     "in_flight": s.door.in_flight,
                     "queued": s.door.queued,
                     "restarts": s.restarts,
                     "replaced": s.replaced,
+                    "autoscaled": not s.pinned,
+                    "kind": s.autoscaler.scaling.kind,
+                    "panic": s.panic,
+                    "decision": s.decision,
+                    "cold_starts": s.started_count,
+                    "cold_start_seconds": round(s.cold_starts[-1], 3) if s.cold_starts else None,
+                    "cold_start_at": s.cold_start_at,
+                    "cold_requests": s.door.rules.cold_requests,
+                    "cold_wait_seconds": (None if s.door.rules.cold_wait is None
+                                          else round(s.door.rules.cold_wait, 3)),
+                    "instance_seconds": round(s.instance_seconds(now), 1),
+                    "throttled": s.door.rules.throttled,
+                    "wait_bound": s.door.rules.line_timeout,
+                    "history": [[round(t, 1), n] for t, n in s.history],
                     "url": s.url,
                 }
                 for name, s in self.services.items()
