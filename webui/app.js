@@ -160,7 +160,161 @@
     if (isCount(scheduler.skipped) && scheduler.skipped > 0) {
       text += " \u00b7 " + scheduler.skipped + " skipped";
     }
+    if (scheduler.paused === true) text += " \u00b7 paused";
     return text;
+  }
+
+  /* ---- the local platform's autoscaling, per function ----
+   * Each helper takes the platform's report of one function as /stats passes it
+   * on from Redis: anything may be of the wrong type. A row is shown only when
+   * the report carries its field (so never without the local platform); a field
+   * of the wrong type reads "unknown". */
+
+  const SPARK_WIDTH = 120;
+  const SPARK_HEIGHT = 24;
+  const SPARK_POINTS = 120; // the platform keeps 120, one every 5 s
+
+  function isObject(value) {
+    return typeof value === "object" && value !== null && !Array.isArray(value);
+  }
+
+  function isSeconds(value) {
+    return typeof value === "number" && isFinite(value) && value >= 0;
+  }
+
+  /* Whether a row for `key` shows. A report that is no object at all (a string,
+   * a list) carries every field, each one unknown. */
+  function carries(report, key) {
+    if (!report) return false;
+    return !isObject(report) || Object.prototype.hasOwnProperty.call(report, key);
+  }
+
+  function member(report, key) {
+    return isObject(report) ? report[key] : undefined;
+  }
+
+  /* 1.4 s, 12 s, 2.5 min, 1.2 h. */
+  function formatSeconds(value) {
+    if (value < 10) return oneDecimal.format(value) + " s";
+    if (value < 60) return integer.format(value) + " s";
+    if (value < 3600) return oneDecimal.format(value / 60) + " min";
+    return oneDecimal.format(value / 3600) + " h";
+  }
+
+  /* The valid [epoch seconds, instances] points of `history`, oldest first; null
+   * when it is no list. */
+  function sparkPoints(history) {
+    if (!Array.isArray(history)) return null;
+    return history
+      .filter((p) => Array.isArray(p) && p.length === 2 && Number.isFinite(p[0]) && isCount(p[1]))
+      .sort((a, b) => a[0] - b[0])
+      .slice(-SPARK_POINTS);
+  }
+
+  /* The sparkline's polyline: a step line (the count holds until it changes),
+   * time across the history's span, 0 to the highest count upwards. */
+  function sparkLine(points) {
+    if (!points || !points.length) return "";
+    const first = points[0][0];
+    const span = points[points.length - 1][0] - first;
+    const top = Math.max(1, ...points.map((p) => p[1]));
+    const x = (t) => (span > 0 ? ((t - first) / span) * SPARK_WIDTH : 0);
+    const y = (n) => SPARK_HEIGHT - 1 - (n / top) * (SPARK_HEIGHT - 2);
+    const xy = (a, b) => a.toFixed(1) + "," + b.toFixed(1);
+    const out = [xy(x(first), y(points[0][1]))];
+    for (let i = 1; i < points.length; i++) {
+      out.push(xy(x(points[i][0]), y(points[i - 1][1])), xy(x(points[i][0]), y(points[i][1])));
+    }
+    if (span === 0) out.push(xy(SPARK_WIDTH, y(points[0][1])));
+    return out.join(" ");
+  }
+
+  function readyText(report) {
+    const ready = member(report, "instances");
+    return isCount(ready) ? integer.format(ready) : UNKNOWN;
+  }
+
+  /* "wanted N" while the autoscaler wants another count than is ready; null when
+   * they agree. */
+  function wantedText(report) {
+    if (!carries(report, "wanted")) return null;
+    const wanted = member(report, "wanted");
+    if (!isCount(wanted)) return "wanted " + UNKNOWN;
+    return wanted === member(report, "instances") ? null : "wanted " + integer.format(wanted);
+  }
+
+  function modeText(report) {
+    const autoscaled = member(report, "autoscaled");
+    if (autoscaled === false) return "pinned";
+    if (autoscaled !== true) return UNKNOWN;
+    const kind = member(report, "kind");
+    let text = kind === "kpa" ? "KPA autoscaling" : kind === "cpu" ? "CPU autoscaling"
+      : "autoscaling (" + UNKNOWN + ")";
+    if (member(report, "panic") === true) text += " \u00b7 panic";
+    return text;
+  }
+
+  /* The autoscaler's latest change: "1 → 4: reason (12 s ago)". */
+  function decisionText(report, now) {
+    const decision = member(report, "decision");
+    if (decision === null) return "none yet";
+    if (!isObject(decision) || !isCount(decision.from) || !isCount(decision.to)) return UNKNOWN;
+    let text = decision.from + " \u2192 " + decision.to;
+    const reason = decision.reason;
+    if (typeof reason === "string") {
+      if (reason) text += ": " + reason.slice(0, 200);
+    } else if (reason !== undefined && reason !== null) {
+      text += ": " + UNKNOWN;
+    }
+    if (Number.isFinite(decision.at) && Number.isFinite(now)) {
+      text += " (" + formatAge(now - decision.at) + ")";
+    }
+    return text;
+  }
+
+  /* "3 cold starts, latest 1.4 s (2 min ago)". */
+  function coldStartsText(report, now) {
+    const count = member(report, "cold_starts");
+    if (!isCount(count)) return UNKNOWN;
+    let text = integer.format(count) + (count === 1 ? " cold start" : " cold starts");
+    const latest = member(report, "cold_start_seconds");
+    if (isSeconds(latest)) {
+      text += ", latest " + formatSeconds(latest);
+    } else if (latest !== null && latest !== undefined) {
+      text += ", latest " + UNKNOWN;
+    }
+    const at = member(report, "cold_start_at");
+    if (count > 0 && Number.isFinite(at) && Number.isFinite(now)) {
+      text += " (" + formatAge(now - at) + ")";
+    }
+    return text;
+  }
+
+  /* Requests that waited for an instance to start; null when none did. */
+  function coldRequestsText(report) {
+    if (!carries(report, "cold_requests")) return null;
+    const count = member(report, "cold_requests");
+    if (!isCount(count)) return "requests waiting for a start: " + UNKNOWN;
+    if (count === 0) return null;
+    let text = integer.format(count) + (count === 1 ? " request" : " requests") +
+      " waited for a start";
+    const latest = member(report, "cold_wait_seconds");
+    if (isSeconds(latest)) text += ", latest " + formatSeconds(latest);
+    return text;
+  }
+
+  /* Instance-seconds as /stats gives them: a number, or null when unknown. */
+  function instanceSecondsText(value) {
+    if (!isSeconds(value)) return UNKNOWN;
+    return (value < 100 ? oneDecimal : integer).format(value) + " s";
+  }
+
+  /* Requests answered 429; null when none was. */
+  function throttledText(report) {
+    if (!carries(report, "throttled")) return null;
+    const count = member(report, "throttled");
+    if (!isCount(count)) return UNKNOWN;
+    return count > 0 ? integer.format(count) : null;
   }
 
   const integer = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
@@ -331,6 +485,67 @@
     fieldOf(name, field).parentElement.hidden = !text;
   }
 
+  /* A part of a row: hidden when `text` is null. */
+  function setPart(name, field, value, text) {
+    setField(name, field, value, text || "");
+    fieldOf(name, field).hidden = text === null;
+  }
+
+  function showRow(name, row, shown) {
+    const el = document.querySelector('.fn[data-name="' + name + '"] [data-row="' + row + '"]');
+    if (el.hidden === shown) el.hidden = !shown;
+  }
+
+  function setSparkline(name, history) {
+    const svg = fieldOf(name, "history");
+    const points = sparkPoints(history);
+    const last = points && points.length ? points[points.length - 1][1] : null;
+    svg.dataset.value = last === null ? "" : String(last);
+    svg.dataset.points = points ? String(points.length) : "";
+    svg.querySelector("polyline").setAttribute("points", sparkLine(points));
+    svg.classList.toggle("empty", !points || !points.length);
+    let label = "instances over time " + UNKNOWN;
+    if (points && points.length) {
+      const minutes = Math.round((points[points.length - 1][0] - points[0][0]) / 60);
+      label = "instances over the last " + minutes + " min: " +
+        points.map((p) => p[1]).join(", ");
+    }
+    svg.setAttribute("aria-label", label.slice(0, 600));
+  }
+
+  /* The autoscaling rows of one card, from the platform's report of the function
+   * and /stats' figures for it. */
+  function renderPlatform(name, report, figures, now) {
+    showRow(name, "instances", carries(report, "history") || carries(report, "wanted"));
+    setSparkline(name, member(report, "history"));
+    const ready = member(report, "instances");
+    setField(name, "ready", isCount(ready) ? ready : null, readyText(report));
+    const wanted = member(report, "wanted");
+    setPart(name, "wanted", isCount(wanted) ? wanted : null, wantedText(report));
+
+    showRow(name, "mode", carries(report, "autoscaled"));
+    setField(name, "mode", null, modeText(report));
+    fieldOf(name, "mode").classList.toggle("panic", member(report, "panic") === true);
+    showRow(name, "decision", carries(report, "decision"));
+    setField(name, "decision", null, decisionText(report, now));
+
+    showRow(name, "cold", carries(report, "cold_starts") || carries(report, "cold_requests"));
+    const cold = member(report, "cold_starts");
+    setField(name, "cold_starts", isCount(cold) ? cold : null, coldStartsText(report, now));
+    const waited = member(report, "cold_requests");
+    setPart(name, "cold_requests", isCount(waited) ? waited : null, coldRequestsText(report));
+
+    showRow(name, "instance_seconds", carries(report, "instance_seconds"));
+    const seconds = figures.instance_seconds;
+    setField(name, "instance_seconds", isSeconds(seconds) ? seconds : null,
+      instanceSecondsText(seconds));
+    const throttled = throttledText(report);
+    showRow(name, "throttled", throttled !== null);
+    const count = member(report, "throttled");
+    setField(name, "throttled", isCount(count) ? count : null, throttled || "");
+    fieldOf(name, "throttled").classList.toggle("bad", isCount(count) && count > 0);
+  }
+
   function renderStats(data) {
     const f = data.functions;
     const platform = data.platform && typeof data.platform === "object" ? data.platform : {};
@@ -351,7 +566,11 @@
     for (const key of ["invocations", "loops", "instances"]) {
       setField("worker", key, w[key], orUnknown(w[key], integer.format));
     }
-    for (const name of FUNCTIONS) setOptional(name, "scale", scaleText(reports[name]));
+    for (const name of FUNCTIONS) {
+      setOptional(name, "scale", scaleText(reports[name]));
+      // Ages from Redis' clock (data.now): the local platform's host is Redis' host.
+      renderPlatform(name, reports[name], f[name], data.now);
+    }
     setOptional("worker", "schedule", scheduleText(platform.scheduler));
 
     const slow = slowest(f);
@@ -591,7 +810,9 @@
 
   window.brkcoin = {
     rate, addSample, newState, apiBase, formatSpeed, formatMs, compact, historySamples, slowest,
-    scaleText, scheduleText, RATE_WINDOW_S, MIN_SPAN_S,
+    scaleText, scheduleText, sparkPoints, sparkLine, readyText, wantedText, modeText,
+    decisionText, coldStartsText, coldRequestsText, instanceSecondsText, throttledText,
+    formatSeconds, RATE_WINDOW_S, MIN_SPAN_S,
   };
   if (document.getElementById("chart") && typeof uPlot === "function") start();
 })();

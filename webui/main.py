@@ -7,7 +7,9 @@ GET /coins      -> the most recent coins, newest first, from the worker's `coins
 GET /history    -> {"points": [[epoch second, hashes], ...], "now"}: the counter's
                    recent history, oldest first, from the worker's `hashes:history`
 GET /stats      -> the last 5 s of the worker's telemetry (`brkcoin:stats`) added up
-                   per function, with the local platform's report (`brkcoin:platform`)
+                   per function, with the local platform's report (`brkcoin:platform`):
+                   each function's `instance_seconds` comes from it (null elsewhere),
+                   and so do the worker's `invocations` when its scheduler counts them
 GET /health     -> whether redis, rng, hasher and worker answer: up, ms and the banner
 
 Read-only: it never writes to Redis and never reads a request body (one over 1 KiB,
@@ -441,8 +443,9 @@ async def stats() -> dict[str, Any]:
     )
     read = Reading()
     lines = read.of(STATS_KEY, entries, _scored)
-    summary = readings.summarize(lines, seconds + micros / 1e6, STATS_WINDOW)
-    return read.answer(**summary, platform=read.of(PLATFORM_KEY, report, readings.platform))
+    platform = read.of(PLATFORM_KEY, report, readings.platform)
+    summary = readings.summarize(lines, seconds + micros / 1e6, STATS_WINDOW, platform)
+    return read.answer(**summary, platform=platform)
 
 
 # ---- /health ----

@@ -20,6 +20,13 @@ MAX_REPORT = 64 * 1024  # the platform's report is ~1 KiB
 UPSTREAMS = ("rng", "hasher")
 UPSTREAM_FIGURES = ("calls_per_s", "errors_per_s", "p50_ms", "p95_ms")
 WORKER_FIGURES = ("instances", "invocations", "loops", "hashes_per_s")
+# A running invocation flushes a line at least once a second (the worker's
+# FLUSH_INTERVAL) while its calls complete; half a second more for a slow flush.
+# The invocations counted are those running this long before the newest line:
+# by then every one still running has flushed again, so none is missed, and one
+# that ended is never counted beside its successor (see running_invocations).
+RUNNING_LOOKBACK = 1.5
+MAX_INTERVAL = 3600.0  # a line's `interval`, seconds since the invocation's last flush
 
 
 class Malformed(ValueError):
@@ -42,6 +49,16 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_COUNT:
         raise Malformed(f"not a count: {value!r}")
     return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any float
+        return 0.0
+    return seconds if 0 <= seconds <= MAX_INTERVAL else 0.0  # NaN fails both
 
 
 def _text(value: object) -> str:
@@ -114,6 +131,10 @@ class Line:
         self.invocation = _text(entry.get("invocation"))
         self.loops = _count(entry.get("loops"))
         self.hashes = _count(entry.get("hashes"))
+        # Seconds the line covers: since the invocation's previous line, or its start.
+        # Only the count of running invocations uses it; without it (a bad value)
+        # the invocation is taken to start at this line.
+        self.interval = _seconds(entry.get("interval"))
         bounds = _bounds(entry.get("bounds_ms"))
         self.upstreams = {name: Calls(entry.get(name), bounds) for name in UPSTREAMS}
 
@@ -139,27 +160,80 @@ def _rate(count: int, window: float) -> float:
     return round(count / window, 3)
 
 
+def running_invocations(lines: list[tuple[Line, float]]) -> dict[str, int]:
+    """The invocations running RUNNING_LOOKBACK seconds before the newest of
+    `lines` (line, Redis time of its flush; oldest first), with their loops.
+
+    A line says nothing of whether its invocation has ended, so no count at the
+    newest line can be right: the invocations of the tick before, whose last
+    lines came a second earlier, look just like running ones between two
+    flushes. A moment a little earlier is known exactly: an invocation ran then
+    if it had begun (its first line's flush less the `interval` the line covers)
+    and flushed again after it. So a tick's invocations are never counted beside
+    the next tick's, which the distinct invocations of the window did (twice the
+    fan-out for a few seconds each tick). The price: an invocation shows
+    RUNNING_LOOKBACK seconds late, and one that ran less than that not at all.
+    """
+    if not lines:
+        return {}
+    moment = lines[-1][1] - RUNNING_LOOKBACK
+    began: dict[str, float] = {}
+    latest: dict[str, tuple[float, int]] = {}
+    for line, flushed in lines:
+        began.setdefault(line.invocation, flushed - line.interval)
+        latest[line.invocation] = (flushed, line.loops)  # loops: its newest line's
+    return {invocation: loops for invocation, (flushed, loops) in latest.items()
+            if began[invocation] <= moment < flushed}
+
+
+def _scheduler_in_flight(report: dict[str, Any] | None) -> int | None:
+    """The local scheduler's worker invocations in flight, when its report says so."""
+    scheduler = report.get("scheduler") if report is not None else None
+    value = scheduler.get("in_flight") if isinstance(scheduler, dict) else None
+    try:
+        return _count(value)
+    except Malformed:
+        return None
+
+
+def instance_seconds(report: dict[str, Any] | None, name: str) -> float | None:
+    """The platform's instance-seconds of function `name` (every instance's life
+    added up: what Cloud Run bills); None when unknown (no report, or no number)."""
+    functions = report.get("functions") if report is not None else None
+    function = functions.get(name) if isinstance(functions, dict) else None
+    value = function.get("instance_seconds") if isinstance(function, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value)  # platform() has made every number finite and in range
+
+
 def summarize(entries: list[tuple[bytes | None, float]] | None, now: float,
-              window: float) -> dict[str, Any]:
+              window: float, report: dict[str, Any] | None = None) -> dict[str, Any]:
     """Telemetry lines (line, Redis time of its flush) of the `window` seconds up
     to `now`, added up per function; rates are per second over the window.
-    None (the lines could not be read): every figure is unknown (None)."""
+    None (the lines could not be read): every figure is unknown (None).
+
+    `report`, the local platform's (see platform()), adds each function's
+    `instance_seconds` (None without it) and gives the worker's `invocations`
+    as its scheduler counts them in flight, which it knows for certain."""
     if entries is None:
         unknown = {name: dict.fromkeys(UPSTREAM_FIGURES) for name in UPSTREAMS}
-        return {"window": window, "now": now, "skipped": None,
-                "functions": {**unknown, "worker": dict.fromkeys(WORKER_FIGURES)}}
-    lines: list[Line] = []
+        summary: dict[str, Any] = {"window": window, "now": now, "skipped": None,
+                                   "functions": {**unknown,
+                                                 "worker": dict.fromkeys(WORKER_FIGURES)}}
+        return _with_platform(summary, report)
+    lines: list[tuple[Line, float]] = []
     skipped = 0
     for raw, flushed in sorted(entries, key=lambda entry: entry[1]):
         if flushed <= now - window:
             continue  # read with a margin: see main.stats
         try:
-            lines.append(Line(raw))
+            lines.append((Line(raw), flushed))
         except Malformed:
             skipped += 1
     functions: dict[str, Any] = {}
     for name in UPSTREAMS:
-        calls = [line.upstreams[name] for line in lines]
+        calls = [line.upstreams[name] for line, _ in lines]
         histogram: Counter[float] = Counter()
         for each in calls:
             histogram.update(each.histogram)
@@ -169,15 +243,26 @@ def summarize(entries: list[tuple[bytes | None, float]] | None, now: float,
             "p50_ms": percentile(histogram, 0.50),
             "p95_ms": percentile(histogram, 0.95),
         }
-    # An invocation runs `loops` mining loops all its life; its newest line says how many.
-    loops = {line.invocation: line.loops for line in lines}
+    # An invocation runs `loops` mining loops all its life.
+    loops = running_invocations(lines)
     functions["worker"] = {
-        "instances": len({line.instance for line in lines}),
+        "instances": len({line.instance for line, _ in lines}),
         "invocations": len(loops),
         "loops": sum(loops.values()),
-        "hashes_per_s": _rate(sum(line.hashes for line in lines), window),
+        "hashes_per_s": _rate(sum(line.hashes for line, _ in lines), window),
     }
-    return {"window": window, "now": now, "functions": functions, "skipped": skipped}
+    summary = {"window": window, "now": now, "functions": functions, "skipped": skipped}
+    return _with_platform(summary, report)
+
+
+def _with_platform(summary: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
+    functions = summary["functions"]
+    for name, figures in functions.items():
+        figures["instance_seconds"] = instance_seconds(report, name)
+    in_flight = _scheduler_in_flight(report)
+    if in_flight is not None:
+        functions["worker"]["invocations"] = in_flight
+    return summary
 
 
 # ---- brkcoin:platform ----

@@ -4,6 +4,7 @@ app.js' helpers on hand-made data, then the page against real stacks."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,10 +139,132 @@ def test_scale_text(app, report, text):
 @pytest.mark.parametrize(
     "scheduler, text",
     [({"schedule": "every 10s", "fanout": 3}, "every 10s · fan-out 3"),
+     ({"schedule": "every 10s", "fanout": 0, "paused": True}, "every 10s · fan-out 0 · paused"),
+     ({"schedule": "every 10s", "paused": "yes"}, "every 10s"),
      ({"schedule": None, "fanout": 3}, "unknown"), (None, None)],
 )
 def test_schedule_text(app, scheduler, text):
     assert app.evaluate("(s) => brkcoin.scheduleText(s)", scheduler) == text
+
+
+# ---- the local platform's autoscaling, from its report of one function ----
+
+NOW = 1_800_000_100.0
+REASON = "panic, concurrency 9.8 over 6 s, target 0.7/instance"
+
+
+def _text(app, helper: str, report: object, now: float | None = None) -> str | None:
+    return app.evaluate(f"([r, now]) => brkcoin.{helper}(r, now)", [report, now])
+
+
+@pytest.mark.parametrize(
+    "report, text",
+    [
+        ({"autoscaled": True, "kind": "kpa", "panic": False}, "KPA autoscaling"),
+        ({"autoscaled": True, "kind": "kpa", "panic": True}, "KPA autoscaling · panic"),
+        ({"autoscaled": True, "kind": "cpu"}, "CPU autoscaling"),
+        ({"autoscaled": False, "kind": "kpa", "panic": True}, "pinned"),
+        ({"autoscaled": True, "kind": "constructor"}, "autoscaling (unknown)"),
+        ({"autoscaled": "false"}, "unknown"),
+        ("a report that is no object", "unknown"),
+    ],
+)
+def test_mode_text(app, report, text):
+    assert _text(app, "modeText", report) == text
+
+
+@pytest.mark.parametrize(
+    "decision, text",
+    [
+        ({"at": NOW - 12, "from": 1, "to": 4, "reason": REASON}, f"1 → 4: {REASON} (12 s ago)"),
+        ({"at": NOW - 125, "from": 4, "to": 2, "reason": ""}, "4 → 2 (2 min ago)"),
+        ({"at": NOW + 3, "from": 0, "to": 1, "reason": "x" * 500}, f"0 → 1: {'x' * 200} (0 s ago)"),
+        ({"from": 1, "to": 4, "reason": ["panic"]}, "1 → 4: unknown"),
+        (None, "none yet"),
+        ({"at": NOW, "from": 1, "to": "4", "reason": REASON}, "unknown"),
+        ({"at": NOW, "from": -1, "to": 4}, "unknown"),
+        ("1 → 4", "unknown"),
+        ([1, 4], "unknown"),
+    ],
+)
+def test_decision_text(app, decision, text):
+    assert _text(app, "decisionText", {"decision": decision}, NOW) == text
+
+
+@pytest.mark.parametrize(
+    "report, text",
+    [
+        ({"cold_starts": 3, "cold_start_seconds": 1.37, "cold_start_at": NOW - 30},
+         "3 cold starts, latest 1.4 s (30 s ago)"),
+        ({"cold_starts": 1, "cold_start_seconds": 42.4, "cold_start_at": None},
+         "1 cold start, latest 42 s"),
+        ({"cold_starts": 0, "cold_start_seconds": None, "cold_start_at": None}, "0 cold starts"),
+        ({"cold_starts": 2, "cold_start_seconds": "1.4", "cold_start_at": "x"},
+         "2 cold starts, latest unknown"),
+        ({"cold_starts": "3", "cold_start_seconds": 1.4}, "unknown"),
+        ({"cold_starts": 1.5}, "unknown"),
+    ],
+)
+def test_cold_starts_text(app, report, text):
+    assert _text(app, "coldStartsText", report, NOW) == text
+
+
+@pytest.mark.parametrize(
+    "report, text",
+    [
+        ({"cold_requests": 2, "cold_wait_seconds": 0.8},
+         "2 requests waited for a start, latest 0.8 s"),
+        ({"cold_requests": 1, "cold_wait_seconds": -1}, "1 request waited for a start"),
+        ({"cold_requests": 0, "cold_wait_seconds": None}, None),
+        ({}, None),
+        ({"cold_requests": True}, "requests waiting for a start: unknown"),
+    ],
+)
+def test_cold_requests_text(app, report, text):
+    assert _text(app, "coldRequestsText", report) == text
+
+
+@pytest.mark.parametrize(
+    "helper, report, text",
+    [
+        ("throttledText", {"throttled": 3}, "3"),
+        ("throttledText", {"throttled": 0}, None),
+        ("throttledText", {}, None),
+        ("throttledText", {"throttled": -1}, "unknown"),
+        ("throttledText", {"throttled": "3"}, "unknown"),
+        ("throttledText", None, None),
+        ("wantedText", {"instances": 2, "wanted": 6}, "wanted 6"),
+        ("wantedText", {"instances": 4, "wanted": 4}, None),
+        ("wantedText", {"instances": 4}, None),
+        ("wantedText", {"instances": 4, "wanted": None}, "wanted unknown"),
+        ("readyText", {"instances": 4}, "4"),
+        ("readyText", {"instances": 1e3}, "1,000"),
+        ("readyText", {"instances": "4"}, "unknown"),
+        ("readyText", [4], "unknown"),
+    ],
+)
+def test_count_texts(app, helper, report, text):
+    assert _text(app, helper, report) == text
+
+
+def test_instance_seconds_text(app):
+    values = [812.4, 12.25, 0, 1_234_567, None, -1, "5"]
+    assert app.evaluate("(v) => v.map(brkcoin.instanceSecondsText)", values) == [
+        "812 s", "12.3 s", "0.0 s", "1,234,567 s", "unknown", "unknown", "unknown"]
+
+
+def test_sparkline_of_the_valid_points_as_steps(app):
+    history = [[1, 1], [3, 4], None, [2, "2"], [2, -1], ["x", 2], [4], [5, 1.5], [0, 2],
+               [6, 10**3]]
+    assert app.evaluate("(h) => brkcoin.sparkPoints(h)", history) == [
+        [0, 2], [1, 1], [3, 4], [6, 1000]]
+    assert app.evaluate("(h) => brkcoin.sparkPoints(h)", "x") is None
+    # Time across 0..120, counts upwards from 0 (y 23) to the highest (y 1), in steps.
+    line = "(h) => brkcoin.sparkLine(brkcoin.sparkPoints(h))"
+    assert app.evaluate(line, [[100, 1], [110, 4]]) == "0.0,17.5 120.0,17.5 120.0,1.0"
+    assert app.evaluate(line, [[100, 2]]) == "0.0,1.0 120.0,1.0"
+    assert app.evaluate(line, [[100, 0], [105, 0]]) == "0.0,23.0 120.0,23.0 120.0,23.0"
+    assert app.evaluate(line, []) == app.evaluate(line, None) == ""
 
 
 def test_latency_shows_the_bucket_bound(app):
@@ -167,6 +290,91 @@ PLATFORM = {
 
 def _field(page, name: str, field: str) -> float:
     return float(page.evaluate(FIELD.format(name, field)))
+
+
+ROWS_SHOWN = "[...document.querySelectorAll('.fn [data-row]')].filter(r => !r.hidden).length"
+
+
+def test_cards_show_the_autoscaling_of_the_local_platform(stack, page_factory, screenshot):
+    """The local platform's report in Redis, as `brkcoin up` writes it: rng scaled
+    1 → 4 in panic, hasher pinned, the worker's report hostile. Without the
+    report (every other target) no autoscaling row shows."""
+    r = stack.redis.client()
+    r.delete("brkcoin:platform")
+    page, console = page_factory(1280, 1000)
+    page.goto(stack.urls["webui"] + "/")
+    page.wait_for_function("() => document.querySelector("
+                           "'.fn[data-name=rng] [data-field=calls_per_s]').dataset.value !== ''")
+    assert page.evaluate(ROWS_SHOWN) == 0, "no platform, no autoscaling rows"
+
+    now = time.time()  # the platform's clock: this host's, as is Redis'
+    rng = {**PLATFORM["functions"]["rng"], "instances": 4, "wanted": 4, "autoscaled": True,
+           "kind": "kpa", "panic": True,
+           "decision": {"at": now - 12, "from": 1, "to": 4, "reason": REASON},
+           "cold_starts": 4, "cold_start_seconds": 1.37, "cold_start_at": now - 20,
+           "cold_requests": 2, "cold_wait_seconds": 0.8, "instance_seconds": 812.4,
+           "throttled": 3,
+           "history": [[now - 20 + 5 * i, n] for i, n in enumerate([1, 1, 2, 4, 4])]}
+    hasher = {**PLATFORM["functions"]["hasher"], "wanted": 3, "autoscaled": False,
+              "kind": "cpu", "panic": False, "decision": None, "cold_starts": 2,
+              "cold_start_seconds": None, "cold_start_at": None, "cold_requests": 0,
+              "cold_wait_seconds": None, "instance_seconds": 30, "throttled": 0,
+              "history": [[now - 5, 2], [now, 2]]}
+    worker = {**PLATFORM["functions"]["worker"], "wanted": "1", "autoscaled": "yes",
+              "decision": 5, "cold_starts": -1, "cold_requests": "2",
+              "instance_seconds": "9", "throttled": 1.5, "history": "rising"}
+    report = {"functions": {**PLATFORM["functions"], "rng": rng, "hasher": hasher,
+                            "worker": worker},
+              "scheduler": {**PLATFORM["scheduler"], "in_flight": 2, "paused": True}}
+    try:
+        r.set("brkcoin:platform", json.dumps(report), ex=30)
+        card = '.fn[data-name="{}"] [data-field="{}"]'
+        page.wait_for_selector(card.format("rng", "decision"))
+
+        def text(name: str, field: str) -> str:
+            return page.text_content(card.format(name, field))
+
+        # rng: 1 → 4 instances, drawn rising; the decision and its reason.
+        assert page.get_attribute(card.format("rng", "history"), "data-value") == "4"
+        assert page.get_attribute(card.format("rng", "history"), "data-points") == "5"
+        points = page.get_attribute(card.format("rng", "history") + " polyline", "points")
+        heights = [float(xy.split(",")[1]) for xy in points.split()]
+        assert heights[0] > heights[-1] == min(heights), points  # SVG's y grows downwards
+        assert text("rng", "ready") == "4"
+        assert page.is_hidden(card.format("rng", "wanted")), "wanted = ready"
+        assert text("rng", "mode") == "KPA autoscaling · panic"
+        assert re.fullmatch(rf"1 → 4: {re.escape(REASON)} \(1[2-5] s ago\)",
+                            text("rng", "decision"))
+        assert re.fullmatch(r"4 cold starts, latest 1\.4 s \(2[0-3] s ago\)",
+                            text("rng", "cold_starts"))
+        assert text("rng", "cold_requests") == "2 requests waited for a start, latest 0.8 s"
+        assert text("rng", "instance_seconds") == "812 s"
+        assert page.get_attribute(card.format("rng", "instance_seconds"),
+                                  "data-value") == "812.4"
+        assert text("rng", "throttled") == "3"
+        # hasher: pinned, 2 ready of 3 wanted, nothing throttled.
+        assert text("hasher", "mode") == "pinned"
+        assert text("hasher", "decision") == "none yet"
+        assert (text("hasher", "ready"), text("hasher", "wanted")) == ("2", "wanted 3")
+        assert text("hasher", "cold_starts") == "2 cold starts"
+        assert page.is_hidden(card.format("hasher", "cold_requests"))
+        assert text("hasher", "instance_seconds") == "30.0 s"
+        assert page.is_hidden(card.format("hasher", "throttled"))
+        # worker: every new field of the wrong type reads unknown, the page stays up.
+        for field in ("wanted", "mode", "decision", "cold_starts", "instance_seconds",
+                      "throttled"):
+            assert "unknown" in text("worker", field), field
+        assert page.is_hidden(card.format("worker", "history")), "no points, no line"
+        assert text("worker", "invocations") == "2", "the scheduler's in_flight"
+        assert text("worker", "schedule") == "every 10s · fan-out 3 · paused"
+        screenshot(page, "webui-autoscaling.png")
+
+        r.delete("brkcoin:platform")  # the platform stopped, or any other target
+        page.wait_for_function(f"() => {ROWS_SHOWN} === 0", timeout=5000)
+        assert page.is_hidden('.fn[data-name="rng"] [data-field="scale"]')
+    finally:
+        r.delete("brkcoin:platform")
+    assert console.errors == []
 
 
 @pytest.fixture

@@ -37,10 +37,14 @@ def _calls(timed: dict[float, int] | None = None, errors: int = 0) -> dict:
 
 
 def _line(invocation: str = "inv-a", instance: str = "host:1", loops: int = 1,
-          hashes: int = 0, rng: dict | None = None, hasher: dict | None = None) -> str:
+          hashes: int = 0, rng: dict | None = None, hasher: dict | None = None,
+          interval: object = 2.0) -> str:
+    """A line as telemetry.py writes it. `interval`: the seconds it covers, since
+    the invocation's previous line or start; 2 s makes a lone line's invocation
+    one that ran at the moment /stats counts them (1.5 s before the newest line)."""
     return json.dumps({
         "flush": f"brkcoin:flush:{uuid.uuid4().hex}", "instance": instance,
-        "invocation": invocation, "loops": loops, "batch": 1, "interval": 1.0,
+        "invocation": invocation, "loops": loops, "batch": 1, "interval": interval,
         "hashes": hashes, "bounds_ms": BOUNDS,
         "rng": rng or _calls(), "hasher": hasher or _calls(),
     }, separators=(",", ":"))
@@ -55,6 +59,9 @@ def _add(r, *lines: str, age: float = 1.0) -> None:
     """Lines flushed `age` seconds ago by Redis' clock, as the worker's ZADD scores them."""
     now = _redis_now(r)
     r.zadd("brkcoin:stats", {line: now - age for line in lines})
+
+
+NO_PLATFORM = {"instance_seconds": None}  # what each function's figures add without it
 
 
 # ---- /history ----
@@ -95,21 +102,25 @@ def test_stats_empty(client):
     body = client.get("/stats").json()
     assert body["window"] == 5 and isinstance(body["now"], float)
     assert body["functions"] == {
-        "rng": {"calls_per_s": 0, "errors_per_s": 0, "p50_ms": None, "p95_ms": None},
-        "hasher": {"calls_per_s": 0, "errors_per_s": 0, "p50_ms": None, "p95_ms": None},
-        "worker": {"instances": 0, "invocations": 0, "loops": 0, "hashes_per_s": 0},
+        "rng": {"calls_per_s": 0, "errors_per_s": 0, "p50_ms": None, "p95_ms": None,
+                **NO_PLATFORM},
+        "hasher": {"calls_per_s": 0, "errors_per_s": 0, "p50_ms": None, "p95_ms": None,
+                   **NO_PLATFORM},
+        "worker": {"instances": 0, "invocations": 0, "loops": 0, "hashes_per_s": 0,
+                   **NO_PLATFORM},
     }
     assert body["platform"] is None and body["skipped"] == 0
 
 
 def test_stats_add_up_every_invocation(client, redis_server):
     r = redis_server.client()
+    # invocation a (2 loops) flushed twice; b (3 loops) on the same instance; c elsewhere
+    _add(r, _line("a", "host:1", 2, hashes=10, rng=_calls({1: 10}, errors=1),
+                  hasher=_calls({2: 10}), interval=1.0), age=2.0)
     _add(
         r,
-        # invocation a (2 loops) flushed twice; b (3 loops) on the same instance; c elsewhere
-        _line("a", "host:1", 2, hashes=10, rng=_calls({1: 10}, errors=1),
-              hasher=_calls({2: 10})),
-        _line("a", "host:1", 2, hashes=4, rng=_calls({1: 4}), hasher=_calls({2: 4})),
+        _line("a", "host:1", 2, hashes=4, rng=_calls({1: 4}), hasher=_calls({2: 4}),
+              interval=1.0),
         _line("b", "host:1", 3, hashes=6, rng=_calls({500: 6}), hasher=_calls({5: 6})),
         _line("c", "host:2", 1, hashes=5, rng=_calls({500: 4, OVER: 1}, errors=4),
               hasher=_calls({5: 5})),
@@ -121,9 +132,10 @@ def test_stats_add_up_every_invocation(client, redis_server):
     # From the summed buckets: the 13th of 25 calls is <= 1 ms, the 24th <= 500 ms.
     # (The lines' p50s are 1, 1, 500 and 500: no mean, median or max of them gives this.)
     assert rng["p50_ms"] == 1.0 and rng["p95_ms"] == 500.0
-    assert hasher == {"calls_per_s": 5.0, "errors_per_s": 0.0, "p50_ms": 2.0, "p95_ms": 5.0}
+    assert hasher == {"calls_per_s": 5.0, "errors_per_s": 0.0, "p50_ms": 2.0, "p95_ms": 5.0,
+                      **NO_PLATFORM}
     assert worker == {"instances": 2, "invocations": 3, "loops": 2 + 3 + 1,
-                      "hashes_per_s": 25 / 5}
+                      "hashes_per_s": 25 / 5, **NO_PLATFORM}
     assert body["skipped"] == 0
 
 
@@ -134,7 +146,7 @@ def test_stats_slow_calls_report_the_last_bound(client, redis_server):
     assert functions["rng"]["p50_ms"] == functions["rng"]["p95_ms"] == 10000.0
     # Only failed calls: no latency to report, but the errors count.
     assert functions["hasher"] == {"calls_per_s": 0.4, "errors_per_s": 0.4,
-                                   "p50_ms": None, "p95_ms": None}
+                                   "p50_ms": None, "p95_ms": None, **NO_PLATFORM}
 
 
 def test_stats_window_by_redis_clock(client, redis_server):
@@ -177,22 +189,147 @@ def test_stats_skip_malformed_lines(client, redis_server):
     body = response.json()
     assert body["skipped"] == len(bad)
     assert body["functions"]["worker"] == {"instances": 1, "invocations": 1, "loops": 1,
-                                           "hashes_per_s": 1.0}
+                                           "hashes_per_s": 1.0, **NO_PLATFORM}
     assert body["functions"]["rng"]["p50_ms"] == 10.0
 
 
+# ---- the worker's invocations: those running, not every one the window saw ----
+
+
+def _flushes(r, names: list[str], ages: list[float], loops: int = 2, hashes: int = 10) -> None:
+    """Invocations `names` flushing together `ages` seconds ago (oldest first),
+    a second apart: the first line covers the second since they began."""
+    for age in ages:
+        _add(r, *(_line(name, loops=loops, hashes=hashes, interval=1.0) for name in names),
+             age=age)
+
+
+def test_two_ticks_of_invocations_are_not_added_up(client, redis_server):
+    """A tick of 3 invocations of 2 loops ended 3.5 s ago, as the next tick's 3
+    began: the 5 s window holds both ticks' lines. Counted as the invocations in
+    the window (as before), the card said 6 workers and 12 loops for the first
+    5 s of every tick; running are 3, with 6 loops."""
+    r = redis_server.client()
+    ended, running = ["t1-a", "t1-b", "t1-c"], ["t2-a", "t2-b", "t2-c"]
+    _flushes(r, ended, [4.5, 3.5])
+    _flushes(r, running, [2.5, 1.5, 0.5])
+    body = client.get("/stats").json()
+    seen = {json.loads(line)["invocation"] for line in r.zrangebyscore(
+        "brkcoin:stats", body["now"] - body["window"], "+inf")}
+    assert len(seen) == 6, "both ticks in the window: the count before said 6"
+    worker = body["functions"]["worker"]
+    assert (worker["invocations"], worker["loops"]) == (3, 6)
+    assert worker["hashes_per_s"] == 15 * 10 / 5, "every line's hashes still count"
+
+
+def test_running_invocations_between_their_flushes(client, redis_server):
+    r = redis_server.client()
+    _flushes(r, ["steady"], [4.8, 3.8, 2.8, 1.8, 0.8])
+    _flushes(r, ["offbeat"], [4.3, 3.3, 2.3, 1.3])  # its next line is due: still running
+    _flushes(r, ["ended"], [4.5, 3.5, 2.6])  # nothing for 1.8 s before the newest line
+    _flushes(r, ["young"], [0.2])  # began 1.2 s ago: not counted yet
+    worker = client.get("/stats").json()["functions"]["worker"]
+    assert (worker["invocations"], worker["loops"]) == (2, 4)
+
+
+@pytest.mark.parametrize("interval", ["1", -1, True, None, 10**30, 1e400, 86_400, [1]])
+def test_a_line_of_no_interval_begins_its_invocation(client, redis_server, interval):
+    """A line whose `interval` is no number of seconds still counts (hashes,
+    calls), its invocation taken to begin at it; 1e400, an infinite interval,
+    would have made it run since ever."""
+    r = redis_server.client()
+    line = json.loads(_line("odd", hashes=5))
+    line["interval"] = interval  # json.dumps writes 1e400 as Infinity, which is refused
+    _add(r, json.dumps(line).replace("Infinity", "1e400"))
+    body = client.get("/stats").json()
+    assert body["skipped"] == 0
+    assert body["functions"]["worker"] == {"instances": 1, "invocations": 0, "loops": 0,
+                                           "hashes_per_s": 1.0, **NO_PLATFORM}
+
+
+def test_the_schedulers_count_is_the_invocations(client, redis_server):
+    """With the local platform, its scheduler knows the invocations in flight."""
+    r = redis_server.client()
+    _flushes(r, ["a", "b"], [2.5, 1.5, 0.5])
+    r.set("brkcoin:platform", json.dumps({"scheduler": {"in_flight": 5, "fanout": 5}}))
+    worker = client.get("/stats").json()["functions"]["worker"]
+    assert (worker["invocations"], worker["loops"]) == (5, 4)
+    r.set("brkcoin:stats", "x")  # no telemetry: the scheduler's count still stands
+    worker = client.get("/stats").json()["functions"]["worker"]
+    assert worker == {"instances": None, "invocations": 5, "loops": None,
+                      "hashes_per_s": None, **NO_PLATFORM}
+
+
+@pytest.mark.parametrize("scheduler", [
+    {"in_flight": "5"}, {"in_flight": -5}, {"in_flight": True}, {"in_flight": 2.5},
+    {"in_flight": None}, {"in_flight": 1e400}, {}, [5], "5", None,
+])
+def test_a_scheduler_count_that_is_none_leaves_the_telemetrys(client, redis_server,
+                                                               scheduler):
+    r = redis_server.client()
+    _flushes(r, ["a", "b"], [2.5, 1.5, 0.5])
+    r.set("brkcoin:platform", json.dumps({"scheduler": scheduler}).replace("Infinity", "1e400"))
+    body = client.get("/stats").json()
+    assert body["functions"]["worker"]["invocations"] == 2
+    assert "unreadable" not in body
+
+
+# ---- the local platform's report ----
+
 PLATFORM = {
     "functions": {
-        "rng": {"instances": 1, "concurrency": 1, "in_flight": 1, "queued": 9},
-        "hasher": {"instances": 2, "concurrency": 0, "in_flight": 3, "queued": 0},
+        "rng": {"instances": 4, "wanted": 4, "concurrency": 1, "in_flight": 1, "queued": 9,
+                "restarts": 0, "replaced": 0, "autoscaled": True, "kind": "kpa", "panic": True,
+                "decision": {"at": 1_800_000_000.5, "from": 1, "to": 4,
+                             "reason": "panic, concurrency 9.8 over 6 s, target 0.7/instance"},
+                "cold_starts": 4, "cold_start_seconds": 1.37, "cold_start_at": 1_800_000_001.0,
+                "cold_requests": 2, "cold_wait_seconds": 0.8, "instance_seconds": 812.4,
+                "throttled": 3, "history": [[1_799_999_990.0, 1], [1_799_999_995.0, 4]]},
+        "hasher": {"instances": 2, "concurrency": 0, "in_flight": 3, "queued": 0,
+                   "autoscaled": False, "kind": "cpu", "panic": False, "decision": None,
+                   "cold_starts": 0, "cold_start_seconds": None, "cold_start_at": None,
+                   "cold_requests": 0, "cold_wait_seconds": None, "instance_seconds": 30,
+                   "throttled": 0, "history": []},
     },
-    "scheduler": {"fanout": 10, "schedule": "every 10s", "skipped": 0},
+    "scheduler": {"fanout": 10, "schedule": "every 10s", "skipped": 0, "in_flight": 0,
+                  "paused": False},
 }
 
 
 def test_stats_pass_the_platform_report_through(client, redis_server):
     redis_server.client().set("brkcoin:platform", json.dumps(PLATFORM), ex=5)
-    assert client.get("/stats").json()["platform"] == PLATFORM
+    body = client.get("/stats").json()
+    assert body["platform"] == PLATFORM
+    functions = body["functions"]
+    assert functions["rng"]["instance_seconds"] == 812.4
+    assert functions["hasher"]["instance_seconds"] == 30.0
+    assert functions["worker"]["instance_seconds"] is None, "not in the report"
+    assert functions["worker"]["invocations"] == 0, "the scheduler's in_flight"
+
+
+@pytest.mark.parametrize("value", ["812", True, -1, None, 1e400, 10**30, [812], {"s": 1}])
+def test_instance_seconds_that_are_no_number_read_as_unknown(client, redis_server, value):
+    report = {"functions": {"rng": {"instance_seconds": value}, "hasher": "x", "worker": []}}
+    redis_server.client().set("brkcoin:platform",
+                              json.dumps(report).replace("Infinity", "1e400"))
+    response = client.get("/stats")
+    assert response.status_code == 200
+    body = response.json()
+    assert [body["functions"][name]["instance_seconds"] for name in
+            ("rng", "hasher", "worker")] == [None, None, None]
+    assert "unreadable" not in body
+
+
+@pytest.mark.parametrize("report", ['{"functions": 5}', '{"functions": []}', "{}",
+                                    '{"scheduler": 5, "functions": {"rng": 5}}'])
+def test_a_report_without_figures_gives_none(client, redis_server, report):
+    redis_server.client().set("brkcoin:platform", report)
+    _add(redis_server.client(), _line(hashes=5))
+    response = client.get("/stats")
+    assert response.status_code == 200
+    functions = response.json()["functions"]
+    assert all(functions[name]["instance_seconds"] is None for name in functions)
+    assert functions["worker"]["invocations"] == 1
 
 
 @pytest.mark.parametrize(
@@ -263,9 +400,12 @@ def test_unreadable_telemetry_is_every_figure_unknown(client, redis_server):
     redis_server.client().set("brkcoin:stats", "x")
     functions = client.get("/stats").json()["functions"]
     assert functions == {
-        "rng": dict.fromkeys(["calls_per_s", "errors_per_s", "p50_ms", "p95_ms"]),
-        "hasher": dict.fromkeys(["calls_per_s", "errors_per_s", "p50_ms", "p95_ms"]),
-        "worker": dict.fromkeys(["instances", "invocations", "loops", "hashes_per_s"]),
+        "rng": dict.fromkeys(["calls_per_s", "errors_per_s", "p50_ms", "p95_ms",
+                              "instance_seconds"]),
+        "hasher": dict.fromkeys(["calls_per_s", "errors_per_s", "p50_ms", "p95_ms",
+                                 "instance_seconds"]),
+        "worker": dict.fromkeys(["instances", "invocations", "loops", "hashes_per_s",
+                                 "instance_seconds"]),
     }, "not zero: nothing says no call was made"
 
 
@@ -286,7 +426,7 @@ def test_what_a_real_worker_records(mining_stack, client, redis_server):
     hashes = result["hashes"]
     assert hashes > 0 and not any(result["errors"].values())
     assert stats["worker"] == {"instances": 1, "invocations": 1, "loops": 3,
-                               "hashes_per_s": hashes / 5}
+                               "hashes_per_s": hashes / 5, **NO_PLATFORM}
     for name in ("rng", "hasher"):  # one call of each per hash (batch=1), none failed
         assert stats[name]["calls_per_s"] == hashes / 5 and stats[name]["errors_per_s"] == 0
         assert stats[name]["p50_ms"] <= stats[name]["p95_ms"]
