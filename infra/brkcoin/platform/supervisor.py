@@ -128,10 +128,12 @@ class Service:
         return self.ended_seconds + sum(now - r.started for r in self.instances
                                         if r.ended is None)
 
+    def average_cold_start(self) -> float:
+        return sum(self.cold_starts) / len(self.cold_starts) if self.cold_starts else 0.0
+
     def wait_bound(self) -> float:
         """How long a request may wait in line: max(10 s, 3.5 x the average cold start)."""
-        average = sum(self.cold_starts) / len(self.cold_starts) if self.cold_starts else 0.0
-        return max(MIN_WAIT, WAIT_PER_START * average)
+        return max(MIN_WAIT, WAIT_PER_START * self.average_cold_start())
 
 
 class Platform:
@@ -289,9 +291,9 @@ class Platform:
             await asyncio.sleep(READY_POLL)
 
     def _throttle(self, service: Service) -> None:
-        bound = service.wait_bound()
-        service.door.rules.line_timeout = bound
-        service.door.retry_after = max(1, math.ceil(bound / WAIT_PER_START))
+        service.door.rules.line_timeout = service.wait_bound()
+        # A throttled client may come back once an instance could have started.
+        service.door.retry_after = max(1, math.ceil(service.average_cold_start()))
 
     def scale(self, name: str, wanted: int) -> None:
         """Pin the function at `wanted` instances (`brkcoin scale rng=4`)."""
@@ -303,12 +305,19 @@ class Platform:
             self._decided(service, wanted, "pinned by `brkcoin scale`", time.monotonic())
         service.wanted, service.pinned = wanted, True
 
-    def autoscale(self, name: str) -> None:
-        """Hand the function back to the autoscaler (`brkcoin scale rng=auto`)."""
+    def autoscale(self, name: str, scaling: Scaling | None = None) -> None:
+        """Hand the function back to the autoscaler (`brkcoin scale rng=auto`), with
+        other settings if given (the lesson's cpu kind): a new autoscaler, which
+        has seen nothing yet, as after `kubectl autoscale`."""
         service = self.services[name]
-        if service.pinned:
+        if scaling is not None:
+            old = service.autoscaler
+            service.autoscaler = Autoscaler(scaling, service.door.concurrency, old.min_scale,
+                                            old.max_scale)
+        if service.pinned or scaling is not None:
             service.pinned, service.next_decision = False, 0.0
-            self.log(f"{name} autoscaled from {service.wanted}", function=name)
+            self.log(f"{name} autoscaled ({service.autoscaler.scaling.kind}) from "
+                     f"{service.wanted}", function=name)
 
     def _wake(self, name: str) -> None:
         """A request came to a door with no instance: scale from zero at once, as
