@@ -523,10 +523,14 @@ def plateau(tmp_path: Path) -> Iterator[Platform]:
 
 
 @pytest.mark.slow
-def test_during_the_plateau_the_panel_names_rng(plateau, miner_of, page_factory):
+def test_the_panel_names_rng_on_the_plateau_and_shows_the_autoscaler_lift_it(
+        plateau, miner_of, page_factory, screenshot):
+    """Both chapters of the lesson on the real platform: rng pinned at 1, the
+    bottleneck named; then rng handed to the autoscaler (`brkcoin scale
+    rng=auto`), and the card shows its instances rising, with the reason."""
     miner = miner_of(plateau.urls["worker"])
     for _ in range(10):  # ten workers: far more than one rng at 10 calls/s can feed
-        miner.mine(seconds=12)
+        miner.mine(seconds=15)
     page, console = page_factory(1280, 900)
     page.goto(plateau.urls["webui"] + "/")
     page.wait_for_selector("#bottleneck[data-slowest=rng]", timeout=15_000)
@@ -534,5 +538,20 @@ def test_during_the_plateau_the_panel_names_rng(plateau, miner_of, page_factory)
     assert _field(page, "rng", "p50_ms") >= 2 * _field(page, "hasher", "p50_ms")
     scale = page.text_content('.fn[data-name="rng"] [data-field="scale"]')
     assert scale.startswith("1 × 1 · ") and not scale.endswith(" 0 queued"), scale
+    rng = '.fn[data-name="rng"] '
+    assert page.text_content(rng + '[data-field="mode"]') == "pinned"
+    assert _field(page, "rng", "ready") == 1
+
+    plateau.loop.call_soon_threadsafe(plateau.autoscale, "rng")  # on the platform's loop
+    give_up = time.monotonic() + 15  # (the page's CSP allows no wait_for_function)
+    while _field(page, "rng", "ready") < 4:
+        assert time.monotonic() < give_up, page.text_content(rng + '[data-field="decision"]')
+        time.sleep(0.2)
+    decision = page.text_content(rng + '[data-field="decision"]')
+    assert re.match(r"\d+ \u2192 \d+: panic, concurrency [\d.]+ over 6 s, "
+                    r"target 0\.7/instance", decision), decision
+    assert page.text_content(rng + '[data-field="mode"]').startswith("KPA autoscaling")
+    assert "cold start" in page.text_content(rng + '[data-field="cold_starts"]')
+    screenshot(page, "webui-autoscaled.png")
     miner.wait()
     assert not console.errors

@@ -189,9 +189,11 @@ class Platform:
         # More to publish beside the functions (`up` adds its scheduler's state).
         self.report: Callable[[], dict[str, Any]] = dict
         self._state: redis.asyncio.Redis | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- start and stop --
     async def start(self, timeout: float = 30) -> Platform:
+        self.loop = asyncio.get_running_loop()  # where another thread may call it
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # stack.json holds the Redis URL, password and all
         for name, port in self.ports.items():
