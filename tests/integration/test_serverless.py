@@ -108,3 +108,26 @@ def test_scale_pins_a_function_and_auto_hands_it_back(up) -> None:
     state = stack.wait_until(lambda s: s["functions"]["rng"]["wanted"] == 1, timeout=10)
     rng = state["functions"]["rng"]
     assert rng["autoscaled"] and "stable" in rng["decision"]["reason"], rng
+
+
+def test_mining_is_continuous_across_ticks(up) -> None:
+    """3 workers in the lesson's shape, ticks of 10 s: each invocation mines the
+    whole tick and the next starts as it ends, so every 5 s window (back to back:
+    half of them hold a tick's boundary) is within 10 % of the mean, about the
+    slides' 10 hashes/s. The old 9.2 s of 10 made windows of 7.5 against 10."""
+    from brkcoin.lesson import Sample, steadiness
+
+    stack = up("--lesson", "--workers", "3", "--every", "10s")
+    stack.wait_for("brkcoin is up")
+    client = stack.redis()
+    give_up = time.monotonic() + 30
+    while int(client.get("hashes") or 0) < 10:  # the workers have started mining
+        assert time.monotonic() < give_up, stack.output
+        time.sleep(0.2)
+    began, samples = time.monotonic(), []
+    while (now := time.monotonic() - began) < 30.5:
+        samples.append(Sample(now, int(client.get("hashes") or 0), 1, 1, 0.0))
+        time.sleep(0.5)
+    mean = (samples[-1].hashes - samples[0].hashes) / (samples[-1].at - samples[0].at)
+    assert 9.0 <= mean <= 10.5, mean
+    assert steadiness(samples) <= 0.10, [s.hashes for s in samples]
