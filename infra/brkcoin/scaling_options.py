@@ -30,7 +30,7 @@ class Knob:
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
     def read(text: str) -> float:
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", text)
+        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)?", text)
         if not match:
             raise ValueError
         value = float(match[1]) * {"ms": 0.001, "s": 1, "m": 60}[match[2] or "s"]
@@ -42,7 +42,7 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 
 def _number(low: float, high: float, whole: bool = False) -> Callable[[str], float]:
     def read(text: str) -> float:
-        if not re.fullmatch(r"\d+" if whole else r"\d+(?:\.\d+)?", text):
+        if not re.fullmatch(r"[0-9]+" if whole else r"[0-9]+(?:\.[0-9]+)?", text):
             raise ValueError
         value = float(text)
         if not low <= value <= high:
@@ -75,8 +75,8 @@ KNOBS = {
                                        "a duration from 0s to 1h"),
     "cpu-target-percentage": Knob("cpu_target_percentage", _number(1, 100),
                                   "a percentage from 1 to 100"),
-    "min-scale": Knob("min", _number(0, 1000, whole=True), "a whole number"),
-    "max-scale": Knob("max", _number(1, 1000, whole=True), "a whole number"),
+    "min-scale": Knob("min", _number(0, 1000, whole=True), "a whole number from 0 to 1000"),
+    "max-scale": Knob("max", _number(1, 1000, whole=True), "a whole number from 1 to 1000"),
 }
 
 

@@ -167,3 +167,17 @@ def test_huge_batches_still_end_in_time(worker_with):
     summary, took = _mine(url, seconds=2, concurrency=32, batch=32768)
     assert summary["hashes"] > 0
     assert took < 2 + 2.5
+
+
+def _throttling(handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+    _answer(handler, b'{"error": "throttled"}', 429, **{"Retry-After": "1",
+                                                        "Content-Type": "application/json"})
+
+
+def test_a_throttled_call_is_an_error_and_the_loop_backs_off(worker_with):
+    """A platform's 429 (our door's, Cloud Run's) is counted as an error, and the
+    loop waits longer after each: a few calls in 2 s, not a storm."""
+    url = worker_with(rng=_handler(_throttling))
+    summary, _ = _mine(url, seconds=2)
+    assert summary["hashes"] == 0 and "HTTP 429" in summary["last_errors"]["rng"]
+    assert 3 <= summary["errors"]["rng"] <= 12, summary["errors"]
