@@ -1,5 +1,5 @@
 """Subcommands that work on one machine besides `up` and `scale` (up.py): mine,
-status, bench and lesson."""
+status, bench, lesson and logs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from brkcoin.platform.processes import is_up
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add up, scale, mine, status, bench and lesson."""
+    """Add up, scale, mine, status, bench, lesson and logs."""
     up.register(sub)
 
     mine = sub.add_parser("mine", help="run one worker invocation and print its summary")
@@ -64,6 +64,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="where to write the plot (lesson.svg)")
     lesson.add_argument("--data-dir", type=Path, help="data folder (default: a fresh one)")
     lesson.set_defaults(run=run_lesson)
+
+    logs = sub.add_parser("logs", help="every instance's log lines merged by time, each "
+                                       "prefixed by its instance (as `docker compose logs`)")
+    logs.add_argument("names", nargs="*", metavar="NAME",
+                      help="webui, rng, hasher, worker, platform, scheduler, redis (default: all)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="then print new lines as they come, until Ctrl-C")
+    logs.add_argument("--since", help="only lines from then on: 30s, 10m, 2h, or an ISO time")
+    logs.add_argument("--data-dir", type=Path, default=up.DATA_DIR,
+                      help="the data folder `brkcoin up` writes its logs in (.brkcoin)")
+    logs.set_defaults(run=run_logs)
 
 
 def _token_headers() -> dict[str, str]:
@@ -169,3 +180,9 @@ def run_lesson(args: argparse.Namespace) -> int:
     from brkcoin import lesson  # imported on use: only this command needs it
 
     return lesson.run(args)
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    from brkcoin import logs  # imported on use: only this command needs it
+
+    return logs.run(args)
