@@ -56,8 +56,11 @@ def test_a_bad_control_file_leaves_up_on_the_last_good_scale(up):
         give_up = time.monotonic() + 5
         while control.exists():  # taken and judged
             assert time.monotonic() < give_up, f"{garbage} never taken"
-            time.sleep(0.1)
-        time.sleep(0.6)
+            time.sleep(0.05)
+        taken = time.time()
+        while (stack.data_dir / "status.json").stat().st_mtime < taken:  # the beat's state
+            assert time.monotonic() < give_up, f"no status after {garbage}"
+            time.sleep(0.05)
         state = stack.status()
         assert stack.process.poll() is None, stack.output
         assert state["scheduler"]["fanout"] == 3, (garbage[:60], state["scheduler"])
