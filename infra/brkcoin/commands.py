@@ -136,38 +136,53 @@ COLUMNS = ("NAME", "UP", "INSTANCES", "CONCURRENCY", "IN FLIGHT", "QUEUED", "RES
 
 def status_table(report: dict[str, Any]) -> str:
     """What `kubectl get` and `docker compose ps` show: a line of totals, then a row
-    per function."""
-    lines = [f"{report['rate']:.1f} hashes/s, {report['hashes']:,} hashes, "
-             f"{report['coins']:,} coins"]
-    scheduler = report.get("scheduler") or {}
-    if scheduler:
+    per function. status.json may come from another version of `up`, or be
+    damaged: what is missing or not a number shows as "?"."""
+    lines = [f"{_figure(report.get('rate'), '{:.1f}')} hashes/s, "
+             f"{_figure(report.get('hashes'), '{:,}')} hashes, "
+             f"{_figure(report.get('coins'), '{:,}')} coins"]
+    scheduler = report.get("scheduler")
+    if isinstance(scheduler, dict) and scheduler:
         fanout = scheduler.get("fanout")
-        lines[0] += (f"; schedule {scheduler.get('schedule', '?')}, "
-                     + ("paused" if fanout == 0 else f"{fanout} invocation(s) a tick"))
+        lines[0] += (f"; schedule {str(scheduler.get('schedule', '?'))[:60]}, "
+                     + ("paused" if fanout == 0 else f"{_figure(fanout)} invocation(s) a tick"))
     functions = report.get("functions")
-    if not functions:
+    if not isinstance(functions, dict) or not functions:
         return lines[0]
     rows = [COLUMNS]
     for name, f in functions.items():
-        instances = f"{f.get('instances', '?')}/{f.get('wanted', '?')}"
+        f = f if isinstance(f, dict) else {}
+        instances = f"{_figure(f.get('instances'))}/{_figure(f.get('wanted'))}"
         if f.get("autoscaled") is False:
             instances += " pinned"
-        elif f.get("panic"):
+        elif f.get("panic") is True:
             instances += " panic"
-        cold = str(f.get("cold_starts", "?"))
-        if f.get("cold_start_seconds") is not None:
+        cold = _figure(f.get("cold_starts"))
+        if _number(f.get("cold_start_seconds")):
             cold += f" ({f['cold_start_seconds']:.2f} s)"
         decision = f.get("decision")
-        last = (f"{decision['from']} \u2192 {decision['to']}: {decision['reason']}"
-                if isinstance(decision, dict) else "-")
-        rows.append((name, "yes" if f.get("up") else "no", instances,
-                     str(f.get("concurrency", "?") or "unlimited"), str(f.get("in_flight", "?")),
-                     str(f.get("queued", "?")), str(f.get("restarts", "?")), cold,
-                     f"{f.get('instance_seconds', 0):.0f}", last))
+        last = "-"
+        if isinstance(decision, dict):
+            last = (f"{_figure(decision.get('from'))} \u2192 {_figure(decision.get('to'))}: "
+                    f"{str(decision.get('reason', '?'))[:120]}")
+        concurrency = f.get("concurrency")
+        rows.append((str(name)[:20], "yes" if f.get("up") is True else "no", instances,
+                     "unlimited" if concurrency == 0 else _figure(concurrency),
+                     _figure(f.get("in_flight")), _figure(f.get("queued")),
+                     _figure(f.get("restarts")), cold,
+                     _figure(f.get("instance_seconds"), "{:.0f}"), last))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
     lines += ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
               + "   " + row[-1] for row in rows]
     return "\n".join(lines)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e15
+
+
+def _figure(value: object, form: str = "{}") -> str:
+    return form.format(value) if _number(value) else "?"
 
 
 def run_bench(args: argparse.Namespace) -> int:
