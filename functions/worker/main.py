@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 
 import functions_framework.aio
@@ -108,8 +109,11 @@ async def _mine(inputs: Inputs) -> Response:
         status, summary = await invocation.run()
     except Busy as e:
         return _error(429, str(e))
-    severity = "INFO" if status == 200 else "ERROR"  # a structured log line for Cloud Logging
-    _log(json.dumps({"severity": severity, "worker": summary}))
+    # A structured log line as Cloud Logging reads it: severity, and its own time
+    # (RFC 3339), which `brkcoin logs` also merges by.
+    severity = "INFO" if status == 200 else "ERROR"
+    when = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    _log(json.dumps({"severity": severity, "time": when, "worker": summary}))
     return _json(status, summary)
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 
 import psutil
 import pytest
@@ -95,6 +96,9 @@ def test_scaling_rng_while_mining_fails_no_call(up):
     _stop(stack)
     summaries = stack.summaries()
     assert summaries and all(s["severity"] == "INFO" for s in summaries)
+    # Each has its time as Cloud Logging reads it (RFC 3339, UTC), in this run.
+    assert all(s["time"].endswith("Z") and abs(datetime.fromisoformat(s["time"]).timestamp()
+                                              - time.time()) < 600 for s in summaries)
     assert sum(s["worker"]["errors"]["rng"] + s["worker"]["errors"]["hasher"]
                for s in summaries) == 0
     assert _stopped_wallet(stack)[0] == sum(s["worker"]["hashes"] for s in summaries)
