@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         up.add_argument(f"--{name}-port", type=int, default=function.port, metavar="PORT")
     up.add_argument("--redis-port", type=int, default=6380, metavar="PORT",
                     help="embedded Redis port, when REDIS_URL is unset (6380)")
+    up.add_argument("--metrics-port", type=int, default=9464, metavar="PORT",
+                    help="the platform's Prometheus metrics, at /metrics (9464)")
     up.add_argument("--redis-no-password", action="store_true",
                     help="run the embedded Redis with no password, for DockerCoins' own "
                          "worker and web UI (any local user can then write the wallet)")
@@ -225,7 +227,8 @@ def run_up(args: argparse.Namespace) -> int:
                         os.environ.get("REDIS_URL"), env, scale, concurrency,
                         timeouts=dict(args.timeout),
                         redis_password=not args.redis_no_password,
-                        scaling=autoscaling.scaling, bounds=autoscaling.bounds)
+                        scaling=autoscaling.scaling, bounds=autoscaling.bounds,
+                        metrics_port=args.metrics_port)
     inputs = {n: getattr(args, n) for n in ("concurrency", "batch") if getattr(args, n)}
     settings = worker_settings().Settings.from_env(os.environ)
     trigger = WorkerTrigger(platform.urls["worker"], fanout, inputs,
@@ -308,6 +311,7 @@ class Status:
         print(f"  redis   {redacted(platform.redis_url)}{embedded}")
         if platform.redis and not platform.redis.secured:
             print(f"  warning: {OPEN_REDIS}")
+        print(f"  metrics http://{platform.host}:{platform.metrics_port}/metrics   (Prometheus)")
         print(f"  schedule {self.schedule}, {trigger.fanout} worker invocation(s) per tick")
         print(f"  logs    {platform.logs}    Ctrl-C stops everything", flush=True)
 

@@ -27,7 +27,8 @@ class Up:
 
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None,
                  sigint_ignored: bool = False, ports: dict[str, int] | None = None) -> None:
-        self.ports = ports or {n: free_port() for n in FUNCTIONS} | {"redis": free_port()}
+        self.ports = ports or {n: free_port() for n in FUNCTIONS} | {"redis": free_port(),
+                                                                   "metrics": free_port()}
         self.data_dir = data_dir
         args = [f"--{n}-port={p}" for n, p in self.ports.items()]
         if not {"--every", "--schedule"} & set(extra):

@@ -19,11 +19,18 @@ on a fake clock; the byte proxy (proxy.py) does the I/O and asks.
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_left
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 UNHEALTHY_AFTER = 2  # timeouts in a row: the platform replaces the instance
 REST = 1.0  # seconds an instance that refused a connection or timed out gets no request
+# Upper bounds (seconds) of the answered requests' duration histogram: OpenTelemetry's
+# recommended faas.invoke_duration buckets, with sub-millisecond ones below, finer ones
+# around the demo's 0.1 s latency, and a worker invocation's minutes above.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125,
+                    0.15, 0.2, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0,
+                    120.0)
 
 
 @dataclass(eq=False)
@@ -76,6 +83,11 @@ class Door:
     throttled: int = 0  # requests refused for waiting too long or a full line
     cold_requests: int = 0  # requests that waited in line for an instance to start
     cold_wait: float | None = None  # the latest one's wait, in seconds
+    # What the metrics read: each request's final status (the instance's, or the
+    # door's own answer), and how long answered ones took on their instance.
+    codes: Counter[int] = field(default_factory=Counter)
+    durations: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
 
     # -- requests --
     def arrive(self, now: float) -> Ticket:
@@ -112,6 +124,9 @@ class Door:
         if outcome == "answered":
             instance.served += 1
             instance.timeouts = 0
+            took = now - ticket.started
+            self.durations[bisect_left(DURATION_BUCKETS, took)] += 1
+            self.duration_sum += took
         elif outcome in ("refused", "timeout"):
             instance.resting_until = now + REST
             instance.timeouts += outcome == "timeout"
@@ -153,6 +168,10 @@ class Door:
                     and (best is None or (i.in_flight, i.served) < (best.in_flight, best.served))):
                 best = i
         return best
+
+    def count(self, status: int) -> None:
+        """A request's final answer: the instance's status, or the door's own."""
+        self.codes[status] += 1
 
     # -- load --
     def _account(self, now: float) -> None:

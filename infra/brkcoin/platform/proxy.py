@@ -442,6 +442,7 @@ class _Client(asyncio.Protocol):
             if exchange.answered and self.transport is not None:
                 self.transport.abort()  # our answer would land inside the instance's
                 return
+        self.door.rules.count(status)
         self.write(_error(status, message))
         self.close(linger=True)
 
@@ -561,8 +562,9 @@ class _Exchange:
         self.answered = True
         self.client.write(data)
 
-    def answered_all(self, reusable: bool, closes: bool) -> None:
+    def answered_all(self, reusable: bool, closes: bool, status: int) -> None:
         upstream, ticket = self.upstream, self.ticket
+        self.door.rules.count(status)
         self.over = True
         self.upstream = None
         body_sent = self.request.complete and not self.streaming
@@ -613,6 +615,7 @@ class _Exchange:
 
     def refuse(self, status: int, message: str, retry_after: int | None = None) -> None:
         """Our own answer, JSON; the connection closes after it."""
+        self.door.rules.count(status)
         self.over = True
         self.client.write(_error(status, message, retry_after))
         self.client.done(self, keep_open=False)
@@ -640,6 +643,7 @@ class _Upstream(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: _Exchange | None = None
         self.reused = self.closes = self.head_only = self.started = False
+        self.status = 0
         self.full = False
 
     def begin(self, exchange: _Exchange, reused: bool) -> None:
@@ -697,6 +701,7 @@ class _Upstream(asyncio.Protocol):
     # httptools callbacks
     def on_headers_complete(self) -> None:
         self.closes = not self.parser.should_keep_alive()
+        self.status = self.parser.get_status_code()
         if self.head_only:
             self._done(reusable=False)  # a HEAD answer has no body to wait for
 
@@ -706,7 +711,7 @@ class _Upstream(asyncio.Protocol):
     def _done(self, reusable: bool) -> None:
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
-            exchange.answered_all(reusable, self.closes)
+            exchange.answered_all(reusable, self.closes, self.status)
 
     def _failed(self, reason: str) -> None:
         exchange, self.exchange = self.exchange, None

@@ -38,6 +38,7 @@ import math
 import shutil
 import signal
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ from brkcoin.platform import processes
 from brkcoin.platform.autoscaler import Autoscaler
 from brkcoin.platform.backoff import Backoff
 from brkcoin.platform.disk import Disk
+from brkcoin.platform.door import DURATION_BUCKETS
+from brkcoin.platform.metrics import MetricsServer
 from brkcoin.platform.processes import FunctionProcess, free_port
 from brkcoin.platform.proxy import FrontDoor, Instance
 from brkcoin.platform.redis_server import RedisServer, RedisUnavailable
@@ -113,6 +116,9 @@ class Service:
     cold_starts: deque[float] = field(default_factory=lambda: deque(maxlen=COLD_STARTS_AVERAGED))
     started_count: int = 0  # instances that became ready (each a cold start)
     cold_start_at: float | None = None  # epoch seconds of the latest
+    # Every cold start's time, in the door's duration buckets (for the metrics).
+    init_durations: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    init_sum: float = 0.0
     ended_seconds: float = 0.0  # instance-seconds of instances that have ended
     history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY_KEPT))
 
@@ -151,6 +157,7 @@ class Platform:
         redis_password: bool = True,
         scaling: dict[str, Scaling] | None = None,
         bounds: dict[str, tuple[int, int]] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         """`scale` pins those functions' instance counts; the others autoscale with
         the spec's `Scaling` (or `scaling`'s) between the spec's min and max (or
@@ -186,6 +193,8 @@ class Platform:
                 autoscaler=Autoscaler(scaling.get(name, function.scaling), each, low, high),
                 pinned=name in scale)
         self.ports = ports
+        self.metrics_port = metrics_port
+        self.metrics = MetricsServer(self)  # served when metrics_port is given
         # More to publish beside the functions (`up` adds its scheduler's state).
         self.report: Callable[[], dict[str, Any]] = dict
         self._state: redis.asyncio.Redis | None = None
@@ -198,6 +207,8 @@ class Platform:
         self.data_dir.chmod(0o700)  # stack.json holds the Redis URL, password and all
         for name, port in self.ports.items():
             processes.check_port_free(self.host, port, name)
+        if self.metrics_port is not None:
+            processes.check_port_free(self.host, self.metrics_port, "metrics")
         try:
             if self.redis:
                 self.redis.start()
@@ -210,6 +221,8 @@ class Platform:
                 except OSError as e:
                     raise processes.PortInUse(f"{name} cannot listen on {self.host}:"
                                               f"{self.ports[name]}: {e.strerror or e}") from e
+            if self.metrics_port is not None:
+                await self.metrics.start(self.host, self.metrics_port)
             for service in self.services.values():
                 for _ in range(service.wanted):
                     self._spawn(service, "deployment")
@@ -249,6 +262,7 @@ class Platform:
             process.stop()  # reap
         for service in self.services.values():
             await service.door.close()
+        await self.metrics.close()
         if self._state is not None:
             await self._state.aclose()
         if self.redis:
@@ -284,6 +298,8 @@ class Platform:
                 service.door.add(running.door)
                 service.started_count += 1
                 service.cold_starts.append(cold)
+                service.init_durations[bisect_left(DURATION_BUCKETS, cold)] += 1
+                service.init_sum += cold
                 service.cold_start_at = time.time()
                 self._throttle(service)
                 self.log(f"{running.process.instance} ready after {cold:.2f} s (cold start)",
