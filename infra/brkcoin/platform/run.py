@@ -23,6 +23,7 @@ from brkcoin.platform.supervisor import BEAT, Platform
 
 T = TypeVar("T")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_WAIT = 5.0  # seconds the heartbeat and the scheduler get to end once cancelled
 
 
 class Stopped(Exception):
@@ -71,7 +72,8 @@ async def _serve(platform: Platform, scheduler: Scheduler | None,
     finally:
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        if background:  # bounded: a task that swallowed its cancel must not hold the stop
+            await asyncio.wait(background, timeout=STOP_WAIT)
         await platform.stop()
         # What was under way (an invocation's answer, say) gets a moment to end.
         rest = asyncio.all_tasks() - {this}
@@ -86,6 +88,7 @@ async def _heartbeat(platform: Platform,
     """Every BEAT: the control plane's look, then the caller's (status, control).
     A failure in one beat is said and counted; the next beat comes all the same."""
     failures = 0
+    this = asyncio.current_task()
     while True:
         try:
             await platform.beat()
@@ -94,6 +97,10 @@ async def _heartbeat(platform: Platform,
         except Exception as e:  # never the end of supervision
             failures += 1
             _say(f"heartbeat failed ({failures} so far): {type(e).__name__}: {e}")
+        if this is not None and this.cancelling():
+            # A stop whose CancelledError a library turned into an error it raised
+            # (a Redis call under way when the signal came): stop all the same.
+            raise asyncio.CancelledError
         await asyncio.sleep(BEAT)
 
 
