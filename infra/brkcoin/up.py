@@ -278,11 +278,8 @@ def _scheduler_state(scheduler: Scheduler, trigger: WorkerTrigger,
 
 def _logger(path: Path, platform: Platform) -> Callable[[str], None]:
     def log(line: str) -> None:
-        def append() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as out:
-                out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
-        platform.disk.write("the scheduler's log", append)
+        platform.disk.append("the scheduler's log", path,
+                             f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}")
     return log
 
 

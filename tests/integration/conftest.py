@@ -62,6 +62,14 @@ class Up:
     def descendants(self) -> list[psutil.Process]:
         return psutil.Process(self.process.pid).children(recursive=True)
 
+    def wait_for_hashes(self, hashes: int, timeout: float = 30) -> None:
+        """Until the wallet's counter reaches `hashes`: mining is under way."""
+        client = self.redis()
+        give_up = time.monotonic() + timeout
+        while int(client.get("hashes") or 0) < hashes:
+            assert time.monotonic() < give_up, self.output
+            time.sleep(0.2)
+
     def redis(self) -> redis.Redis:
         """A client of the embedded Redis, with the password `up` made for it."""
         return redis.Redis(port=self.ports["redis"], password=self.redis_password(),

@@ -27,11 +27,7 @@ def test_up_serves_the_platforms_metrics_on_a_port_of_its_own(up) -> None:
     stack.wait_for("brkcoin is up")
     url = f"http://127.0.0.1:{stack.ports['metrics']}/metrics"
     assert url in stack.output  # it says where
-    client = stack.redis()
-    give_up = time.monotonic() + 30
-    while int(client.get("hashes") or 0) < 10:
-        assert time.monotonic() < give_up, stack.output
-        time.sleep(0.2)
+    stack.wait_for_hashes(10)
     got = _scrape(url)
     rng = (("faas_name", "rng"),)
     calls = got["faas_invocations_total"][rng]

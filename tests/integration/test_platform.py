@@ -22,11 +22,7 @@ from support import assert_wallet_holds_only_true_coins
 
 
 def _mining(stack: Up, hashes: int = 10) -> None:
-    client = stack.redis()
-    give_up = time.monotonic() + 30
-    while int(client.get("hashes") or 0) < hashes:
-        assert time.monotonic() < give_up, stack.output
-        time.sleep(0.2)
+    stack.wait_for_hashes(hashes)
 
 
 def _instance_pids(stack: Up, name: str) -> list[int]:

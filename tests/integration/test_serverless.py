@@ -77,11 +77,7 @@ def test_paused_functions_go_to_zero_and_the_next_call_starts_them_cold(up) -> N
     before = {n: state["functions"][n]["cold_starts"] for n in ("rng", "hasher", "worker")}
 
     _scale(stack, "worker=1")
-    client = stack.redis()
-    give_up = time.monotonic() + 30
-    while int(client.get("hashes") or 0) < 3:
-        assert time.monotonic() < give_up, stack.output
-        time.sleep(0.2)
+    stack.wait_for_hashes(3)
     state = stack.status()
     for name in ("rng", "hasher", "worker"):
         f = state["functions"][name]
@@ -119,11 +115,8 @@ def test_mining_is_continuous_across_ticks(up) -> None:
 
     stack = up("--lesson", "--workers", "3", "--every", "10s")
     stack.wait_for("brkcoin is up")
+    stack.wait_for_hashes(10)
     client = stack.redis()
-    give_up = time.monotonic() + 30
-    while int(client.get("hashes") or 0) < 10:  # the workers have started mining
-        assert time.monotonic() < give_up, stack.output
-        time.sleep(0.2)
     began, samples = time.monotonic(), []
     while (now := time.monotonic() - began) < 20.5:
         samples.append(Sample(now, int(client.get("hashes") or 0), 1, 1, 0.0))

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 SAY_EVERY = 60.0  # seconds between stderr lines about the same failure
 
@@ -30,6 +31,14 @@ class Disk:
             self.failure(what, e)
             return False
         return True
+
+    def append(self, what: str, path: Path, line: str) -> bool:
+        """Add `line` to the log file at `path` (its folder made if need be)."""
+        def add() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as out:
+                out.write(line + "\n")
+        return self.write(what, add)
 
     def failure(self, what: str, error: OSError) -> None:
         self.failed += 1

@@ -176,8 +176,9 @@ class MetricsServer:
             writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                          + (b"" if method == b"HEAD" else body))
-            await writer.drain()
-        except ConnectionError:
+            async with asyncio.timeout(HEAD_TIMEOUT):  # a client that never reads holds nothing
+                await writer.drain()
+        except (ConnectionError, TimeoutError):
             pass
         finally:
             writer.close()

@@ -89,7 +89,8 @@ class Running:
     retiring: bool = False
     cpu_seconds: float | None = None  # its group's CPU time at the last look (kind cpu)
 
-    def wanted(self) -> bool:
+    def serving(self) -> bool:
+        """Alive and not being retired: worth waiting for."""
         return self.process.alive and not self.retiring
     restart_at: float = 0.0  # when dead: not before then
     backoff: Backoff = field(default_factory=instance_backoff)  # handed on to its replacement
@@ -199,6 +200,7 @@ class Platform:
         self.report: Callable[[], dict[str, Any]] = dict
         self._state: redis.asyncio.Redis | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
 
     # -- start and stop --
     async def start(self, timeout: float = 30) -> Platform:
@@ -250,6 +252,7 @@ class Platform:
     async def stop(self) -> None:
         """SIGTERM every instance at once (the worker drains into Redis, which it
         alone needs), then Redis once they are gone."""
+        self.stopping = True  # a request at an empty door starts nothing now
         everyone = [r.process for s in self.services.values() for r in s.instances]
         for process in everyone:
             process.terminate()
@@ -289,9 +292,9 @@ class Platform:
     async def _become_ready(self, service: Service, running: Running) -> None:
         """Ask its health check until it answers: then it takes requests, and the
         time since its process started is its cold start."""
-        while running.wanted():
+        while running.serving():
             if await processes.answers(running.door.host, running.door.port, 0.5):
-                if not running.wanted():  # retired or died while it answered
+                if not running.serving():  # retired or died while it answered
                     return
                 cold = time.monotonic() - running.started
                 running.ready = True
@@ -320,7 +323,7 @@ class Platform:
         if not 1 <= wanted <= limit:
             raise ValueError(f"{name} takes 1 to {limit} instances, not {wanted}")
         if wanted != service.wanted or not service.pinned:
-            self._decided(service, wanted, "pinned by `brkcoin scale`", time.monotonic())
+            self._decided(service, wanted, "pinned by `brkcoin scale`")
         service.wanted, service.pinned = wanted, True
 
     def autoscale(self, name: str, scaling: Scaling | None = None) -> None:
@@ -341,8 +344,8 @@ class Platform:
         """A request came to a door with no instance: scale from zero at once, as
         Knative's activator pokes the autoscaler; the door holds it meanwhile."""
         service = self.services[name]
-        if service.wanted == 0 and not service.live:
-            self._decided(service, 1, "a request arrived at zero instances", time.monotonic())
+        if service.wanted == 0 and not service.live and not self.stopping:
+            self._decided(service, 1, "a request arrived at zero instances")
             service.wanted = 1
             self._converge(service)
 
@@ -470,10 +473,10 @@ class Platform:
         decision = scaler.decide(now, service.ready)
         service.panic = decision.panic
         if decision.wanted != service.wanted:
-            self._decided(service, decision.wanted, decision.reason, now)
+            self._decided(service, decision.wanted, decision.reason)
             service.wanted = decision.wanted
 
-    def _decided(self, service: Service, wanted: int, reason: str, now: float) -> None:
+    def _decided(self, service: Service, wanted: int, reason: str) -> None:
         name = service.function.name
         service.decision = {"at": time.time(), "from": service.wanted, "to": wanted,
                             "reason": reason}
@@ -503,12 +506,7 @@ class Platform:
         """One JSON line in logs/platform.log, as a platform's event log has it."""
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "severity": "INFO", "message": message, **fields})
-
-        def append() -> None:
-            self.logs.mkdir(parents=True, exist_ok=True)
-            with open(self.logs / "platform.log", "a") as out:
-                out.write(line + "\n")
-        self.disk.write("the platform's log", append)
+        self.disk.append("the platform's log", self.logs / "platform.log", line)
 
     # -- state --
     def state(self) -> dict[str, Any]:
