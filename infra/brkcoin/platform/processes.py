@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import compileall
 import ctypes
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +27,8 @@ from brkcoin.layout import Function
 from brkcoin.platform.disk import Disk
 
 PR_SET_PDEATHSIG = 1
+SOCKET_NAME = "gunicorn.ctl"  # gunicorn's control socket, in $XDG_RUNTIME_DIR
+MAX_SOCKET_PATH = 107  # sun_path's 108 bytes, less the closing NUL
 
 
 class PortInUse(RuntimeError):
@@ -103,6 +107,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def control_folder(wanted: Path) -> Path:
+    """Where an instance's gunicorn (>= 25) opens its control socket: its own folder
+    ($XDG_RUNTIME_DIR), so several starting at once don't collide. A socket's path
+    holds at most 107 bytes; under a long data folder, a short stand-in in the
+    temp folder, named by the wanted one's digest (gunicorn removes its socket
+    when it stops), so no instance logs "AF_UNIX path too long"."""
+    if len(os.fsencode(wanted / SOCKET_NAME)) <= MAX_SOCKET_PATH:
+        return wanted
+    digest = hashlib.sha256(os.fsencode(wanted)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"brkcoin-{os.getuid()}-{digest}"
+
+
 def compile_folder(function: Function) -> None:
     """Byte-compile a function's folder once, as a platform builds a function once
     and starts it many times: every instance started after (scale-outs, restarts)
@@ -140,9 +156,7 @@ class FunctionProcess:
         self.function, self.port, self.host = function, port, host
         self.instance = name or function.name
         self.log = Path(log_dir) / f"{self.instance}.log"
-        # gunicorn >= 25 opens a control socket in $XDG_RUNTIME_DIR; give each
-        # process its own so several starting at once don't collide.
-        run_dir = Path(log_dir) / "run" / self.instance
+        run_dir = control_folder(Path(log_dir) / "run" / self.instance)
         self.env = {**os.environ, "XDG_RUNTIME_DIR": str(run_dir), **env}
         self.process: subprocess.Popen[bytes] | None = None
         self.disk = disk
