@@ -5,6 +5,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Test processes: most tests wait on real processes, so two share the 2 cores
+# the suite is sized for; tests marked `alone` (they measure speed) run after,
+# one at a time.
+TEST_PROCESSES ?= 2
 
 .PHONY: up test test-containers typecheck lint bench clean
 
@@ -21,7 +25,8 @@ test: $(BIN)/brkcoin
 	sh infra/install-browser.sh
 	$(BIN)/ruff check .
 	$(MAKE) typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not alone"
+	$(BIN)/pytest -m alone
 
 # Strict types. Each function folder is checked on its own: every one has a
 # module named main, and the worker's siblings import as top-level modules.

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
+
 from brkcoin.layout import ROOT
 
 NO_DELAYS = {"RNG_DELAY": "0", "HASHER_DELAY": "0", "WORKER_DELAY": "0"}
@@ -35,14 +37,16 @@ def build_venv(requirements: Path) -> Path:
     """A venv with exactly `requirements` installed; reused while the file is unchanged."""
     digest = hashlib.sha256(requirements.read_bytes() + sys.version.encode()).hexdigest()[:16]
     venv = VENVS / digest
-    if (venv / ".complete").exists():
-        return venv
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(venv)],
-                   check=True)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
-                    "install", "--quiet", "--disable-pip-version-check", "-r",
-                    str(requirements)], check=True)
-    (venv / ".complete").touch()
+    VENVS.mkdir(parents=True, exist_ok=True)
+    with FileLock(venv.with_suffix(".lock")):  # two test processes may want it at once
+        if (venv / ".complete").exists():
+            return venv
+        subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(venv)],
+                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                        "install", "--quiet", "--disable-pip-version-check", "-r",
+                        str(requirements)], check=True)
+        (venv / ".complete").touch()
     return venv
 
 

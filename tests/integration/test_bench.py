@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from brkcoin.layout import FUNCTIONS
 
 BRKCOIN = str(Path(sys.executable).with_name("brkcoin"))
 
 
+@pytest.mark.alone
 def test_first_answers_only_reports_each_function_the_reference_and_the_aio_floor() -> None:
     done = subprocess.run(
         [BRKCOIN, "bench", "--first-answers-only", "--starts", "1"],
@@ -35,6 +38,7 @@ def test_first_answers_only_reports_each_function_the_reference_and_the_aio_floo
     }
 
 
+@pytest.mark.alone
 def test_door_only_measures_the_door_beside_the_direct_path_in_turns() -> None:
     done = subprocess.run(
         [BRKCOIN, "bench", "--door-only", "--seconds", "0.5", "--rounds", "1"],

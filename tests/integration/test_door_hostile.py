@@ -37,6 +37,7 @@ def _instance_pids(stack, name: str) -> list[int]:
             if f"--target {name} " in " ".join(p.cmdline()) + " "]
 
 
+@pytest.mark.alone
 def test_a_pipelining_flood_is_read_one_request_at_a_time(up):
     stack = up("--scale", "rng=1", "--instance-concurrency", "rng=1", *NO_TICK)
     stack.wait_for("brkcoin is up")

@@ -186,6 +186,7 @@ sys.stdin.read()  # hold them until the test closes stdin
 """
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("name", ["rng", "hasher"])
 def test_20000_idle_connections_leave_a_new_request_answered_within_1_s(plain, name):
     """20,000 connections that never send a byte, from two helper processes of

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import requests
 
 from brkcoin.layout import FUNCTIONS
@@ -20,6 +21,7 @@ from conftest import BRKCOIN, Up
 from support import platform_running
 
 
+@pytest.mark.alone
 def test_past_the_bound_a_request_gets_a_429_with_retry_after(tmp_path: Path) -> None:
     """rng at most 1 instance serving 1 request at a time, each taking 1 s: of 30
     requests at once, about 10 are served within the bound (10 s, as cold starts
@@ -106,6 +108,7 @@ def test_scale_pins_a_function_and_auto_hands_it_back(up) -> None:
     assert rng["autoscaled"] and "stable" in rng["decision"]["reason"], rng
 
 
+@pytest.mark.alone
 def test_mining_is_continuous_across_ticks(up) -> None:
     """3 workers in the lesson's shape, ticks of 10 s: each invocation mines the
     whole tick and the next starts as it ends, so every 5 s window (back to back:

@@ -156,7 +156,10 @@ def _missing(reason: str) -> None:
     pytest.skip(f"{reason}: browser tests skipped; {INSTALL_HINT}")
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: Playwright's sync API runs an event loop in this thread while
+# it is open, and a test after it that calls asyncio.run() (on the same xdist
+# worker) would find that loop running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     executable = _chromium()
     if executable is None:

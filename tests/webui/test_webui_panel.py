@@ -392,6 +392,7 @@ def slow_rng_stack(tmp_path: Path) -> Iterator[Stack]:
     running.stop()
 
 
+@pytest.mark.alone
 @pytest.mark.slow
 def test_panel_names_the_slow_rng(slow_rng_stack, miner_of, page_factory, screenshot):
     stack = slow_rng_stack
@@ -522,6 +523,7 @@ def plateau(tmp_path: Path) -> Iterator[Platform]:
         yield running
 
 
+@pytest.mark.alone
 @pytest.mark.slow
 def test_the_panel_names_rng_on_the_plateau_and_shows_the_autoscaler_lift_it(
         plateau, miner_of, page_factory, screenshot):
