@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from brkcoin.platform.scheduler import BadSchedule, Cron, Scheduler, WorkerTrigger, parse_every
+from brkcoin.platform.scheduler import (
+    BadSchedule,
+    Cron,
+    Scheduler,
+    WorkerTrigger,
+    parse_every,
+    unrecorded,
+)
 
 
 class FakeClock:
@@ -143,3 +150,15 @@ def test_a_fanout_of_zero_pauses_the_schedule():
     trigger = WorkerTrigger("http://127.0.0.1:1", fanout=0, log=lambda line: None)
     trigger(10)  # no loop needed: nothing is sent
     assert trigger.state()["paused"] and trigger.ticks == 0 and trigger.invocations == 0
+
+
+def test_a_503_answer_tells_what_never_reached_redis() -> None:
+    summary = {"error": "counts not recorded in Redis: redis unreachable", "hashes": 40,
+               "unrecorded": {"hashes": 30, "coins": {"0ab": "cd", "0ef": "01"}},
+               "in_doubt": {"marker": "brkcoin:flush:x", "hashes": 10, "coins": {}}}
+    assert unrecorded(json.dumps(summary)) == {"hashes": 30, "coins": 2, "in_doubt": 1}
+    summary |= {"unrecorded": {"hashes": 0, "coins": {}}, "in_doubt": None}
+    assert unrecorded(json.dumps(summary)) == {}
+    for answer in ("Service Unavailable", "[]", '{"unrecorded": 5}', "null",
+                   '{"unrecorded": {"hashes": true, "coins": []}}'):
+        assert unrecorded(answer) == {}, answer

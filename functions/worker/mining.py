@@ -221,6 +221,7 @@ class Invocation:
             return True
         except NotRecorded as e:
             self.tally.error("redis", str(e))
+            ledger.telemetry.redis_errors += 1
             return False
 
     async def _record(self, ledger: Ledger) -> bool:

@@ -31,16 +31,19 @@ class Calls:
     calls: int = 0
     errors: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_MS) + 1))
+    sum_ms: float = 0.0  # of the timed calls: a histogram's sum, for a mean
 
     def add(self, seconds: float, ok: bool) -> None:
         self.calls += 1
         if ok:
             self.buckets[bisect.bisect_left(BUCKETS_MS, seconds * 1000)] += 1
+            self.sum_ms += seconds * 1000
         else:
             self.errors += 1
 
     def as_json(self) -> dict[str, object]:
         return {"calls": self.calls, "errors": self.errors, "buckets": self.buckets,
+                "sum_ms": round(self.sum_ms, 3),
                 "p50_ms": percentile(self.buckets, 0.50),
                 "p95_ms": percentile(self.buckets, 0.95)}
 
@@ -67,13 +70,14 @@ class Telemetry:
         self.loops, self.batch = loops, batch
         self.upstreams = {"rng": Calls(), "hasher": Calls()}
         self.hashes = 0
+        self.redis_errors = 0  # flushes Redis did not confirm, told by the next that lands
         self.since = time.monotonic()
 
     def call(self, upstream: str, seconds: float, ok: bool) -> None:
         self.upstreams[upstream].add(seconds, ok)
 
     def has_news(self) -> bool:
-        return any(calls.calls for calls in self.upstreams.values())
+        return bool(self.redis_errors) or any(calls.calls for calls in self.upstreams.values())
 
     def take(self, flush: str) -> str:
         """The interval since the last take as one JSON line, then start anew.
@@ -84,7 +88,8 @@ class Telemetry:
             "loops": self.loops, "batch": self.batch, "interval": round(now - self.since, 3),
             "hashes": self.hashes, "bounds_ms": BUCKETS_MS,
             **{name: calls.as_json() for name, calls in self.upstreams.items()},
+            "redis": {"errors": self.redis_errors},
         }
         self.upstreams = {name: Calls() for name in self.upstreams}
-        self.hashes, self.since = 0, now
+        self.hashes, self.redis_errors, self.since = 0, 0, now
         return json.dumps(entry, separators=(",", ":"))

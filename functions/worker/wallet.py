@@ -19,7 +19,12 @@ Beside DockerCoins' keys (`hashes`, `wallet`), for the web UI:
   the counter at most once a second (Redis' clock), so a page opened now can
   draw the last ten minutes;
 - `brkcoin:stats`: sorted set scored by Redis' clock, the last 60 s of flushes'
-  telemetry (see telemetry.py).
+  telemetry (see telemetry.py);
+- `brkcoin:totals`: hash, the telemetry added up since the wallet began, for
+  Prometheus' counters: `flushes`, and for each upstream (rng, hasher)
+  `NAME:calls`, `NAME:errors`, `NAME:sum_ms` and `NAME:le:I` (timed calls in
+  latency bucket I; `bounds_ms` holds the buckets' bounds as JSON), and
+  `redis:errors` (flushes Redis did not confirm, told by the next that landed).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ HISTORY_POINTS = 600
 STATS_SECONDS = 60
 RECORD = 96  # a coin on its way: 64 bytes of hex digest, then its 32 random bytes
 MARKER_TTL = 3600  # seconds a marker (and so the chance to settle a doubt) lasts
-KEYS = ("hashes", "wallet", "coins:recent", "hashes:history", "brkcoin:stats")
+KEYS = ("hashes", "wallet", "coins:recent", "hashes:history", "brkcoin:stats", "brkcoin:totals")
 
 # Redis does not roll a script back when a command fails halfway, so every key's
 # type (and the counter's value) is checked before the first write: a script that
@@ -48,21 +53,23 @@ KEYS = ("hashes", "wallet", "coins:recent", "hashes:history", "brkcoin:stats")
 # few multi-field HSETs: per-coin arguments and commands cost Redis and the
 # worker several times more at large batches. Times are Redis' own (TIME), one
 # clock for every worker instance and the web UI.
-# KEYS: hashes, wallet, recent, history, stats, marker.
+# The telemetry line is our own JSON, decoded (pcall: never an error halfway)
+# before the first write.
+# KEYS: hashes, wallet, recent, history, stats, totals, marker.
 # ARGV: hashes, coins, stats line ('' for none), recent cap, history cap,
 #       stats seconds, marker ttl
 FLUSH_SCRIPT = """
 local function bad(key, holds, wanted)
   return redis.error_reply('BADKEY key ' .. key .. ' holds ' .. holds .. ', not ' .. wanted)
 end
-local marker = redis.call('TYPE', KEYS[6])['ok']
+local marker = redis.call('TYPE', KEYS[7])['ok']
 if marker ~= 'none' and marker ~= 'string' then
-  return bad(KEYS[6], 'a ' .. marker, 'a string')
+  return bad(KEYS[7], 'a ' .. marker, 'a string')
 end
-local done = redis.call('GET', KEYS[6])
+local done = redis.call('GET', KEYS[7])
 if done then return tonumber(done) end
-local wanted = {'string', 'hash', 'list', 'list', 'zset'}
-for i = 1, 5 do
+local wanted = {'string', 'hash', 'list', 'list', 'zset', 'hash'}
+for i = 1, 6 do
   local kind = redis.call('TYPE', KEYS[i])['ok']
   if kind ~= 'none' and kind ~= wanted[i] then
     return bad(KEYS[i], 'a ' .. kind, 'a ' .. wanted[i])
@@ -72,6 +79,8 @@ local count = redis.call('GET', KEYS[1])
 if count and not (string.match(count, '^%-?%d+$') and #count <= 18) then
   return bad(KEYS[1], string.format('%q', string.sub(count, 1, 24)), 'an integer')
 end
+local decoded, stats = false, nil
+if #ARGV[3] > 0 then decoded, stats = pcall(cjson.decode, ARGV[3]) end
 local clock = redis.call('TIME')
 local second = tonumber(clock[1])
 local now = second + tonumber(clock[2]) / 1e6
@@ -104,7 +113,30 @@ if #ARGV[3] > 0 then
   redis.call('ZADD', KEYS[5], now, ARGV[3])
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[6]))
 end
-redis.call('SET', KEYS[6], new, 'EX', tonumber(ARGV[7]))
+-- Totals are telemetry: a bad field (redis.pcall) costs its count, never the flush.
+local function add(field, n)
+  n = tonumber(n)
+  if n and n ~= 0 then redis.pcall('HINCRBY', KEYS[6], field, n) end
+end
+add('flushes', 1)
+if decoded and type(stats) == 'table' then
+  for _, name in ipairs({'rng', 'hasher'}) do
+    local calls = stats[name]
+    if type(calls) == 'table' and type(calls.buckets) == 'table' then
+      add(name .. ':calls', calls.calls)
+      add(name .. ':errors', calls.errors)
+      if tonumber(calls.sum_ms) then
+        redis.pcall('HINCRBYFLOAT', KEYS[6], name .. ':sum_ms', calls.sum_ms)
+      end
+      for i, n in ipairs(calls.buckets) do add(name .. ':le:' .. (i - 1), n) end
+    end
+  end
+  if type(stats.redis) == 'table' then add('redis:errors', stats.redis.errors) end
+  if type(stats.bounds_ms) == 'table' then
+    redis.pcall('HSET', KEYS[6], 'bounds_ms', cjson.encode(stats.bounds_ms))
+  end
+end
+redis.call('SET', KEYS[7], new, 'EX', tonumber(ARGV[7]))
 return new
 """
 

@@ -21,7 +21,7 @@ import redis.asyncio
 
 from brkcoin import scaling_options, wallet
 from brkcoin.layout import FUNCTIONS, MAX_WORKERS
-from brkcoin.platform import runfile
+from brkcoin.platform import mining_metrics, runfile
 from brkcoin.platform.processes import PortInUse, StartFailed
 from brkcoin.platform.redis_server import RedisUnavailable
 from brkcoin.platform.run import Stopped, serve
@@ -297,6 +297,9 @@ class Status:
         self.tty = sys.stdout.isatty()
         self.last_print = 0.0
         self.recorded: list[tuple[str, int]] = []
+        self.mining: mining_metrics.Wallet | None = None  # the last beat's reading
+        platform.metrics.registry.register(mining_metrics.MiningCollector(
+            lambda: self.mining, lambda: trigger.lost))
 
     def announce(self) -> None:
         platform, trigger = self.platform, self.trigger
@@ -318,11 +321,12 @@ class Status:
         state = platform.state() | {"scheduler": _scheduler_state(
             self.scheduler, self.trigger, self.schedule)}
         try:
-            reading = await wallet.read_async(self.wallet)
-            state["wallet"] = {**reading, "rate": round(self.meter.add(reading["now"],
-                                                                        reading["hashes"]), 2)}
+            self.mining = reading = await mining_metrics.read(self.wallet)
+            state["wallet"] = {"hashes": reading.hashes, "coins": reading.coins,
+                               "now": reading.now,
+                               "rate": round(self.meter.add(reading.now, reading.hashes), 2)}
         except (redis.RedisError, OSError, TimeoutError, ValueError):
-            state["wallet"] = None
+            self.mining = state["wallet"] = None
         disk.write("status.json", lambda: runfile.write(self.data_dir, runfile.STATUS, state))
         self.record()
         line = status_line(state)

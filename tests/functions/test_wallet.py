@@ -90,5 +90,49 @@ def test_history_keeps_one_point_a_second_and_stats_a_minute(worker, redis_serve
     first = next(e for e in entries if e["rng"]["calls"])
     assert first["loops"] == 3 and first["rng"]["calls"] == 2
     assert first["rng"]["p50_ms"] == 4 and first["rng"]["p95_ms"] == 315
-    assert first["hasher"] == {"calls": 1, "errors": 1, "buckets": [0] * 42,
+    assert first["hasher"] == {"calls": 1, "errors": 1, "buckets": [0] * 42, "sum_ms": 0.0,
                                "p50_ms": None, "p95_ms": None}
+    assert first["rng"]["sum_ms"] == 304.0
+
+
+def test_totals_add_up_every_flush_for_prometheus(worker, redis_server):
+    """brkcoin:totals: the telemetry since the wallet began, written by the flush
+    script (so exactly once, like the counts)."""
+    bounds = worker["telemetry"].BUCKETS_MS
+    for rng_ms in (4, 300):
+        telemetry = worker["telemetry"].Telemetry(loops=1, batch=1)
+        telemetry.call("rng", rng_ms / 1000, True)
+        telemetry.call("hasher", 0.1, False)
+        telemetry.redis_errors = 2
+        flush = worker["wallet"].Flush(3, b"")
+        flush.stats = telemetry.take(flush.marker)
+        _record(worker, redis_server, flush)
+        _record(worker, redis_server, flush)  # sent again: answered from the marker
+    _record(worker, redis_server, worker["wallet"].Flush(1, b""))  # no telemetry line
+    totals = {k.decode(): v.decode() for k, v in redis_server.client().hgetall(
+        "brkcoin:totals").items()}
+    assert json.loads(totals.pop("bounds_ms")) == list(bounds)
+    assert totals == {  # a count of 0 (rng's errors) writes no field
+        "flushes": "3", "rng:calls": "2", "rng:sum_ms": "304",
+        f"rng:le:{bounds.index(4)}": "1", f"rng:le:{bounds.index(315)}": "1",
+        "hasher:calls": "2", "hasher:errors": "2", "hasher:sum_ms": "0", "redis:errors": "4"}
+
+
+def test_a_bad_totals_key_refuses_the_flush_and_a_bad_field_costs_only_its_count(
+        worker, redis_server):
+    client = redis_server.client()
+    client.set("brkcoin:totals", "x")
+    with pytest.raises(worker["wallet"].NotRecorded,
+                       match="key brkcoin:totals holds a string, not a hash"):
+        _record(worker, redis_server, worker["wallet"].Flush(5, b""))
+    assert client.get("hashes") is None
+    client.delete("brkcoin:totals")
+    client.hset("brkcoin:totals", "rng:calls", "not a number")
+    telemetry = worker["telemetry"].Telemetry(loops=1, batch=1)
+    telemetry.call("rng", 0.004, True)
+    flush = worker["wallet"].Flush(5, _coin())
+    flush.stats = telemetry.take(flush.marker)
+    assert _record(worker, redis_server, flush) == 1  # recorded all the same
+    assert int(client.get("hashes")) == 5
+    assert client.hget("brkcoin:totals", "rng:calls") == b"not a number"
+    assert client.hget("brkcoin:totals", "flushes") == b"1"

@@ -1,6 +1,6 @@
 """`brkcoin up`'s metrics, scraped as Prometheus scrapes them: real processes, a
 real HTTP GET, prometheus-client's own parser. (A real Prometheus server against
-the shipped scrape config is still to come: issue 17.)"""
+the shipped scrape config: test_prometheus.py.)"""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ def test_up_serves_the_platforms_metrics_on_a_port_of_its_own(up) -> None:
     worker = (("faas_name", "worker"),)
     assert got["brkcoin_requests_in_flight"][worker] in (0, 1, 2)  # one a tick, overlapping
     assert got["brkcoin_requests_total"][(("code", "200"), *worker)] >= 1
+    # The mining, from the wallet every worker instance flushed into.
+    hashes = int(stack.redis().get("hashes"))
+    assert got["brkcoin_wallet_up"][()] == 1
+    assert hashes - 30 <= got["brkcoin_hashes_total"][()] <= hashes  # read a beat before
+    assert got["brkcoin_flushes_total"][()] >= 1
+    up_rng = (("upstream", "rng"),)
+    timed = got["brkcoin_upstream_duration_seconds_count"][up_rng]
+    assert got["brkcoin_upstream_calls_total"][up_rng] >= timed >= 5  # a flush behind
+    assert got["brkcoin_upstream_errors_total"][(("upstream", "redis"),)] == 0
+    # The worker's view: the door's time included, so at or above the instance's 0.1 s.
+    seen = got["brkcoin_upstream_duration_seconds_bucket"]
+    assert seen[(("le", "0.1"), *up_rng)] <= 0.1 * timed
+    assert got["brkcoin_upstream_duration_seconds_sum"][up_rng] >= 0.1 * timed
     give_up = time.monotonic() + 5  # live, scrape after scrape
     while _scrape(url)["faas_invocations_total"][rng] <= calls:
         assert time.monotonic() < give_up

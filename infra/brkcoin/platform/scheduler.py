@@ -143,6 +143,7 @@ class WorkerTrigger:
         self.deadlines: list[float] = []  # when each invocation in flight stops mining
         self.ticks = self.skipped = self.invocations = 0
         self.answers: Counter[str] = Counter()  # "200", "503", "unreachable"...
+        self.lost: Counter[str] = Counter()  # hashes, coins, in_doubt: from 503 answers
         self.problem = ""  # the latest answer that was not a 200, in a line
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -195,12 +196,13 @@ class WorkerTrigger:
         self.answers[outcome] += 1
         if outcome != "200":
             self.problem = f"{outcome}: {_first_line(text)}"
+            self.lost.update(unrecorded(text))
 
     def state(self) -> dict[str, object]:
         return {"fanout": self.fanout, "paused": self.fanout == 0, "overlap": self.overlap,
                 "ticks": self.ticks, "skipped": self.skipped, "invocations": self.invocations,
                 "in_flight": self.in_flight, "mining": self.mining(),
-                "answers": dict(self.answers),
+                "answers": dict(self.answers), "lost": dict(self.lost),
                 "problem": self.problem}
 
 
@@ -233,6 +235,26 @@ async def post(url: str, body: bytes, headers: dict[str, str],
     except (IndexError, ValueError):
         raise ValueError(f"not an HTTP answer: {status_line[:60]!r}") from None
     return status, text.decode(errors="replace")
+
+
+def unrecorded(text: str) -> Counter[str]:
+    """What a worker's 503 answer says never reached Redis: its unrecorded hashes
+    and coins, and 1 in_doubt for a flush sent without an answer. Nothing for an
+    answer that is not the worker's summary."""
+    try:
+        summary = json.loads(text)
+        lost = summary.get("unrecorded")
+        hashes, coins = lost.get("hashes"), lost.get("coins")
+    except (ValueError, AttributeError):
+        return Counter()
+    found: Counter[str] = Counter()
+    if isinstance(hashes, int) and not isinstance(hashes, bool) and hashes > 0:
+        found["hashes"] = hashes
+    if isinstance(coins, dict) and coins:
+        found["coins"] = len(coins)
+    if isinstance(summary.get("in_doubt"), dict):
+        found["in_doubt"] = 1
+    return found
 
 
 def _first_line(text: str) -> str:
