@@ -25,6 +25,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+import tracing
 from serving import configure, env_number
 
 configure()  # the server's limits (see serving.py)
@@ -128,6 +129,15 @@ def _digests(body: bytes, chunk: int) -> bytes:
 
 @functions_framework.aio.http
 async def hasher(request: Request) -> Response:
+    span = tracing.served(request.scope["headers"])
+    answer = await _answer(request)
+    if span is not None:  # the caller traces this call
+        tracing.log(f"hasher {request.method} {request.scope['path']}: {answer.status_code}",
+                    span)
+    return answer
+
+
+async def _answer(request: Request) -> Response:
     if request.method in ("GET", "HEAD"):
         return PlainTextResponse(HELLO)
     if request.method != "POST":

@@ -20,6 +20,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+import tracing
 from serving import configure, env_number
 
 configure()  # the server's limits (see serving.py)
@@ -50,6 +51,14 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
 
 @functions_framework.aio.http
 async def rng(request: Request) -> Response:
+    span = tracing.served(request.scope["headers"])
+    answer = await _answer(request)
+    if span is not None:  # the caller traces this call
+        tracing.log(f"rng {request.method} {request.scope['path']}: {answer.status_code}", span)
+    return answer
+
+
+async def _answer(request: Request) -> Response:
     if request.method not in ("GET", "HEAD"):
         return _error(405, f"method {request.method} not allowed; use GET /<n>",
                       Allow="GET, HEAD", Connection="close")

@@ -29,6 +29,7 @@ import functions_framework.aio
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+import tracing
 from auth import upstream_auth
 from inputs import (
     BadRequest,
@@ -102,18 +103,20 @@ def _authorized(request: Request) -> bool:
     return hmac.compare_digest(given.encode(), f"Bearer {SETTINGS.token}".encode())
 
 
-async def _mine(inputs: Inputs) -> Response:
+async def _mine(inputs: Inputs, span: tracing.Span) -> Response:
     invocation = Invocation(SETTINGS, instance(), inputs.seconds, inputs.concurrency,
-                            inputs.batch, _auth)
+                            inputs.batch, _auth, span)
     try:
         status, summary = await invocation.run()
     except Busy as e:
         return _error(429, str(e))
-    # A structured log line as Cloud Logging reads it: severity, and its own time
-    # (RFC 3339), which `brkcoin logs` also merges by.
+    summary["trace"] = span.trace_id
+    # A structured log line as Cloud Logging reads it: severity, its own time
+    # (RFC 3339, which `brkcoin logs` also merges by) and its trace and span.
     severity = "INFO" if status == 200 else "ERROR"
     when = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    _log(json.dumps({"severity": severity, "time": when, "worker": summary}))
+    _log(json.dumps({"severity": severity, "time": when, **span.log_fields(tracing.PROJECT),
+                     "worker": summary}))
     return _json(status, summary)
 
 
@@ -143,7 +146,10 @@ async def _answer(request: Request, data_of: Callable[[Request, bytes], object])
         inputs = mining_inputs(data_of(request, body), SETTINGS)
     except BadRequest as e:
         return _error(e.status, str(e))
-    return await _mine(inputs)
+    # The caller's trace (a scheduler's tick; a CloudEvent's distributed-tracing
+    # extension), or a new one.
+    caller = request.headers.get("traceparent") or request.headers.get("ce-traceparent")
+    return await _mine(inputs, tracing.start(tracing.parse(caller)))
 
 
 @functions_framework.aio.http

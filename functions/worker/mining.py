@@ -19,6 +19,7 @@ from typing import cast
 
 from settings import UNIT, Settings
 from telemetry import Telemetry
+from tracing import Span
 from upstream import AuthHeaders, Upstream, UpstreamError
 from wallet import RECORD, Ledger, NotRecorded, Wallet
 
@@ -128,6 +129,7 @@ class Invocation:
     concurrency: int
     batch: int
     auth: AuthHeaders | None = None
+    span: Span | None = None  # the invocation's, the parent of its rng and hasher calls
     clock: Callable[[], float] = time.monotonic
     tally: Tally = field(default_factory=Tally)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)  # loops: stop now
@@ -236,8 +238,9 @@ class Invocation:
 
     async def _loop(self, ledger: Ledger, deadline: float) -> None:
         s, batch, telemetry = self.settings, self.batch, ledger.telemetry
-        rng = Upstream("rng", s.rng_url, s.http_timeout, self.auth)
-        hasher = Upstream("hasher", s.hasher_url, s.http_timeout, self.auth)
+        traced = {"traceparent": self.span.traceparent} if self.span else None
+        rng = Upstream("rng", s.rng_url, s.http_timeout, self.auth, traced)
+        hasher = Upstream("hasher", s.hasher_url, s.http_timeout, self.auth, traced)
         size = UNIT * batch
         rng_path = f"/{size}"
         hasher_path = "/" if batch == 1 else f"/?chunk={UNIT}"  # batch=1: the original

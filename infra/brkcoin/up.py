@@ -154,8 +154,14 @@ def durations(text: str) -> dict[str, float]:
 def worker_settings() -> ModuleType:
     """The worker's own settings module (functions/worker/settings.py): its bounds
     are the ones `up` checks, so they are written down once."""
-    path = FUNCTIONS["worker"].folder / "settings.py"
-    spec = importlib.util.spec_from_file_location("brkcoin_worker_settings", path)
+    return worker_module("settings")
+
+
+def worker_module(name: str) -> ModuleType:
+    """A module of the worker's folder (its settings, its trace context), loaded
+    from there: written down once, for the worker and the platform."""
+    path = FUNCTIONS["worker"].folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"brkcoin_worker_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while defined
@@ -231,10 +237,12 @@ def run_up(args: argparse.Namespace) -> int:
                         metrics_port=args.metrics_port)
     inputs = {n: getattr(args, n) for n in ("concurrency", "batch") if getattr(args, n)}
     settings = worker_settings().Settings.from_env(os.environ)
+    tracing = worker_module("tracing")  # each tick a trace, sampled as OTEL_TRACES_SAMPLER says
     trigger = WorkerTrigger(platform.urls["worker"], fanout, inputs,
                             os.environ.get("WORKER_TOKEN", ""),
                             log=_logger(platform.logs / "scheduler.log", platform),
-                            overlap=args.overlap, max_seconds=settings.max_seconds)
+                            overlap=args.overlap, max_seconds=settings.max_seconds,
+                            new_trace=lambda: tracing.start(None).traceparent)
     if "worker" not in args.timeout:  # an invocation mines for most of a tick
         platform.services["worker"].door.rules.request_timeout = FUNCTIONS["worker"].timeout_for(
             trigger.mining_seconds(longest_tick(schedule)))

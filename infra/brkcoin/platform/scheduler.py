@@ -119,6 +119,9 @@ class WorkerTrigger:
     backlog; an invocation counts as mining until its deadline, and its last
     flush and answer may overlap the next tick (one tick's worth: 2 x fanout in
     flight at most). "allow" starts them anyway, up to 4 x fanout in flight.
+
+    Each tick is a trace: `new_trace()` gives its span's traceparent, which every
+    invocation of the tick carries (as a Cloud Scheduler job's trace would).
     """
 
     def __init__(
@@ -131,11 +134,13 @@ class WorkerTrigger:
         overlap: str = "skip",
         max_seconds: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        new_trace: Callable[[], str] | None = None,
     ) -> None:
         if overlap not in ("skip", "allow"):
             raise BadSchedule(f"the overlap policy is skip or allow, not {overlap!r}")
         self.url, self.fanout, self.inputs, self.log = worker_url, fanout, inputs or {}, log
         self.overlap, self.max_seconds, self.clock = overlap, max_seconds, clock
+        self.new_trace = new_trace
         self.headers = {"Content-Type": "application/json", "User-Agent": "brkcoin-scheduler"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -176,16 +181,21 @@ class WorkerTrigger:
             return
         self.in_flight += self.fanout
         self.invocations += self.fanout
+        headers = self.headers
+        if self.new_trace is not None:
+            headers = headers | {"traceparent": self.new_trace()}
         for _ in range(self.fanout):
             deadline = self.clock() + seconds
             self.deadlines.append(deadline)
-            task = asyncio.get_running_loop().create_task(self._invoke(body, seconds, deadline))
+            task = asyncio.get_running_loop().create_task(
+                self._invoke(body, headers, seconds, deadline))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _invoke(self, body: bytes, seconds: float, deadline: float) -> None:
+    async def _invoke(self, body: bytes, headers: dict[str, str], seconds: float,
+                      deadline: float) -> None:
         try:
-            status, text = await post(self.url, body, self.headers, timeout=seconds + 60)
+            status, text = await post(self.url, body, headers, timeout=seconds + 60)
             outcome = str(status)
         except (OSError, TimeoutError, ValueError) as e:
             outcome, text = "unreachable", str(e) or type(e).__name__
