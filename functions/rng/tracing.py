@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 _HEADER = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 PROJECT = os.environ.get("GOOGLE_CLOUD_PROJECT", "")  # for Cloud Logging's trace field
+# trace-flags with the sampled bit, where every version keeps them (bytes 53-54)
+SAMPLED_FLAGS = frozenset(b"%02x" % n for n in range(256) if n & 1)
 SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
             "parentbased_always_off", "parentbased_traceidratio")
 
@@ -85,10 +87,13 @@ def sampler(env: Mapping[str, str] = os.environ) -> tuple[str, float]:
     return name, ratio if 0.0 <= ratio <= 1.0 else 1.0
 
 
-def start(parent: Span | None, env: Mapping[str, str] = os.environ) -> Span:
+SAMPLER = sampler()  # read once: a process's environment is set when it starts
+
+
+def start(parent: Span | None, env: Mapping[str, str] | None = None) -> Span:
     """This service's span: a child of `parent` (the caller's), or the root of a
-    new trace; sampled as the configured sampler decides."""
-    name, ratio = sampler(env)
+    new trace; sampled as the configured sampler (SAMPLER, or `env`'s) decides."""
+    name, ratio = SAMPLER if env is None else sampler(env)
     trace_id = parent.trace_id if parent else os.urandom(16).hex()
     if parent is not None and name.startswith("parentbased_"):
         sampled = parent.sampled
@@ -106,6 +111,8 @@ def served(headers: list[tuple[bytes, bytes]]) -> Span | None:
     sampled it; None otherwise: rng and hasher never start a trace of their own."""
     for name, value in headers:
         if name == b"traceparent":
+            if value[53:55] not in SAMPLED_FLAGS:  # most calls: not sampled, done
+                return None
             caller = parse(value.decode("latin-1"))
             span = start(caller) if caller is not None else None
             return span if span is not None and span.sampled else None

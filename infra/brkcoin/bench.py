@@ -147,13 +147,17 @@ def stack_pids(stack: Stack) -> list[int]:
 
 
 def invoke(url: str, pids: list[int], seconds: float, concurrency: int,
-           batch: int) -> tuple[dict[str, Any], float]:
+           batch: int, traced: bool = False) -> tuple[dict[str, Any], float]:
     """One worker invocation: its summary, and the CPU seconds the processes
-    `pids` (with their children) spent meanwhile."""
+    `pids` (with their children) spent meanwhile. Untraced unless `traced`: a
+    load generator's calls are not sampled (a sampled call costs a log line in
+    rng and hasher; the traced case measures it)."""
     cpu_before = sum(_tree_cpu(pid) for pid in pids)
+    flags = "01" if traced else "00"
     response = requests.post(
         url,
         json={"seconds": seconds, "concurrency": concurrency, "batch": batch},
+        headers={"traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-{flags}"},
         timeout=seconds + 60,
     )
     cpu = sum(_tree_cpu(pid) for pid in pids) - cpu_before
@@ -161,12 +165,15 @@ def invoke(url: str, pids: list[int], seconds: float, concurrency: int,
     return summary, cpu
 
 
-def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int) -> dict[str, Any]:
-    summary, cpu = invoke(stack.urls["worker"], stack_pids(stack), seconds, concurrency, batch)
+def mine_case(stack: Stack, seconds: float, concurrency: int, batch: int,
+              traced: bool = False) -> dict[str, Any]:
+    summary, cpu = invoke(stack.urls["worker"], stack_pids(stack), seconds, concurrency, batch,
+                          traced)
     hashes = summary["hashes"]
     return {
         "batch": batch,
         "concurrency": concurrency,
+        **({"traced": True} if traced else {}),
         "hashes_per_s": round(hashes / summary["seconds"], 1),
         "cpu_ms_per_hash": round(cpu * 1000 / hashes, 4) if hashes else None,
         "errors": sum(summary["errors"].values()),
@@ -476,6 +483,8 @@ def throughput(tmp: Path, quick: bool, seconds: float, instances: int) -> dict[s
         mine_case(stack, 1.0, max(concurrencies), 1)  # warm-up: imports, connections
         report["batch1"] = [mine_case(stack, seconds, c, 1) for c in concurrencies]
         report["batched"] = [mine_case(stack, seconds, c, BIG_BATCH) for c in concurrencies[1:]]
+        # Every call sampled: rng and hasher log each one (what tracing costs).
+        report["batch1_traced"] = mine_case(stack, seconds, max(concurrencies), 1, traced=True)
     with _stack(tmp / "demo", workers) as stack:
         mine_case(stack, 1.0, 1, 1)  # warm-up
         report["demo_delays"] = [
@@ -505,6 +514,9 @@ def ratios(report: dict[str, Any]) -> dict[str, float]:
         if at8:
             out["batch1_over_reference_round_trips"] = round(
                 at8[0]["hashes_per_s"] / ref["round_trips_per_s"], 2)
+            if "batch1_traced" in report:
+                out["batch1_traced_over_untraced"] = round(
+                    report["batch1_traced"]["hashes_per_s"] / at8[0]["hashes_per_s"], 2)
     for case in report.get("door", {}).get("cases", []):
         out[f"door_over_direct_batch{case['batch']}_c{case['concurrency']}"] = (
             case["door_over_direct"])
