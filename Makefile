@@ -23,6 +23,7 @@ up: $(BIN)/brkcoin
 
 test: $(BIN)/brkcoin
 	sh infra/install-browser.sh
+	sh infra/install-prometheus.sh
 	$(BIN)/ruff check .
 	$(MAKE) typecheck
 	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile -m "not alone"

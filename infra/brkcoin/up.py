@@ -308,6 +308,7 @@ class Status:
         self.mining: mining_metrics.Wallet | None = None  # the last beat's reading
         platform.metrics.registry.register(mining_metrics.MiningCollector(
             lambda: self.mining, lambda: trigger.lost))
+        platform.metrics.before_scrape.append(self.read_wallet)
 
     def announce(self) -> None:
         platform, trigger = self.platform, self.trigger
@@ -328,13 +329,11 @@ class Status:
         self.apply_control()
         state = platform.state() | {"scheduler": _scheduler_state(
             self.scheduler, self.trigger, self.schedule)}
-        try:
-            self.mining = reading = await mining_metrics.read(self.wallet)
-            state["wallet"] = {"hashes": reading.hashes, "coins": reading.coins,
-                               "now": reading.now,
-                               "rate": round(self.meter.add(reading.now, reading.hashes), 2)}
-        except (redis.RedisError, OSError, TimeoutError, ValueError):
-            self.mining = state["wallet"] = None
+        await self.read_wallet()
+        reading = self.mining
+        state["wallet"] = None if reading is None else {
+            "hashes": reading.hashes, "coins": reading.coins, "now": reading.now,
+            "rate": round(self.meter.add(reading.now, reading.hashes), 2)}
         disk.write("status.json", lambda: runfile.write(self.data_dir, runfile.STATUS, state))
         self.record()
         line = status_line(state)
@@ -343,6 +342,13 @@ class Status:
         elif time.monotonic() - self.last_print >= 10:
             print(line, flush=True)
             self.last_print = time.monotonic()
+
+    async def read_wallet(self) -> None:
+        """The wallet now, for the status line and each scrape (None: no answer)."""
+        try:
+            self.mining = await mining_metrics.read(self.wallet)
+        except (redis.RedisError, OSError, TimeoutError, ValueError):
+            self.mining = None
 
     def record(self) -> None:
         """stack.json, when an instance came or went."""

@@ -45,7 +45,7 @@ def test_up_serves_the_platforms_metrics_on_a_port_of_its_own(up) -> None:
     # The mining, from the wallet every worker instance flushed into.
     hashes = int(stack.redis().get("hashes"))
     assert got["brkcoin_wallet_up"][()] == 1
-    assert hashes - 30 <= got["brkcoin_hashes_total"][()] <= hashes  # read a beat before
+    assert hashes - 20 <= got["brkcoin_hashes_total"][()] <= hashes  # read at the scrape
     assert got["brkcoin_flushes_total"][()] >= 1
     up_rng = (("upstream", "rng"),)
     timed = got["brkcoin_upstream_duration_seconds_count"][up_rng]

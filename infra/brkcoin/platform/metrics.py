@@ -15,9 +15,10 @@ own figures go under `brkcoin_`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_HEAD = 8 * 1024  # a scrape's request head is a few hundred bytes
 HEAD_TIMEOUT = 5.0
+REFRESH_TIMEOUT = 1.0  # a wallet that does not answer leaves the last reading
 
 
 def histogram(counts: Sequence[int]) -> list[tuple[str, float]]:
@@ -139,6 +141,9 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PlatformCollector(platform))
         self.server: asyncio.Server | None = None
+        # Reads made fresh for each scrape (the wallet's counters), each bounded:
+        # a figure read a beat earlier would lag its scrape's time.
+        self.before_scrape: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEAD,
@@ -164,6 +169,10 @@ class MetricsServer:
             else:
                 # The classic text format (0.0.4): every Prometheus reads it, Debian's
                 # 2.42 included; our names need none of the newer format's quoting.
+                for refresh in self.before_scrape:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(REFRESH_TIMEOUT):
+                            await refresh()
                 status, kind, body = 200, CONTENT_TYPE_PLAIN_0_0_4, self.exposition()
         except (TimeoutError, asyncio.LimitOverrunError, asyncio.IncompleteReadError,
                 ValueError, ConnectionError):

@@ -3,9 +3,10 @@
 What every worker instance flushed adds up in the wallet's `brkcoin:totals`
 hash, written by the flush script itself (so exactly once, like the counts; see
 functions/worker/wallet.py). The platform reads it with the DockerCoins counters
-(`hashes`, `HLEN wallet`) at each beat, for its status line anyway, so a scrape
-does no I/O. No single worker instance could speak for the others, and each one
-lives for an invocation; the wallet outlives them all.
+(`hashes`, `HLEN wallet`) in one round trip at each scrape (1 s at most; and at
+each beat, for its status line), so a sample is the wallet at its scrape's
+time. No single worker instance could speak for the others, and each one lives
+for an invocation; the wallet outlives them all.
 
 What never reached Redis cannot be counted there: the unrecorded hashes and coins
 and the flushes left in doubt come from the worker's answers, as the scheduler
