@@ -1,6 +1,6 @@
 """functions/*/tracing.py: W3C traceparent parsing, OpenTelemetry's samplers as the
 SDK reads their variables, and Cloud Logging's trace fields. Pure: no process
-(a trace followed through real processes: tests/integration/test_tracing.py)."""
+(a trace followed through real processes: tests/integration/test_trace_followed.py)."""
 
 from __future__ import annotations
 
