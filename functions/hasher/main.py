@@ -129,11 +129,12 @@ def _digests(body: bytes, chunk: int) -> bytes:
 
 @functions_framework.aio.http
 async def hasher(request: Request) -> Response:
-    span = tracing.served(request.scope["headers"])
+    span = tracing.served(request.scope["headers"], "POST /", "hasher")
     answer = await _answer(request)
     if span is not None:  # the caller traces this call
         tracing.log(f"hasher {request.method} {request.scope['path']}: {answer.status_code}",
                     span)
+        span.end()
     return answer
 
 

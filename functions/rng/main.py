@@ -51,10 +51,11 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
 
 @functions_framework.aio.http
 async def rng(request: Request) -> Response:
-    span = tracing.served(request.scope["headers"])
+    span = tracing.served(request.scope["headers"], "GET /{n}", "rng")
     answer = await _answer(request)
     if span is not None:  # the caller traces this call
         tracing.log(f"rng {request.method} {request.scope['path']}: {answer.status_code}", span)
+        span.end()
     return answer
 
 

@@ -149,7 +149,11 @@ async def _answer(request: Request, data_of: Callable[[Request, bytes], object])
     # The caller's trace (a scheduler's tick; a CloudEvent's distributed-tracing
     # extension), or a new one.
     caller = request.headers.get("traceparent") or request.headers.get("ce-traceparent")
-    return await _mine(inputs, tracing.start(tracing.parse(caller)))
+    span = tracing.start(tracing.parse(caller), name="invocation", service="worker")
+    try:
+        return await _mine(inputs, span)
+    finally:
+        span.end()
 
 
 @functions_framework.aio.http

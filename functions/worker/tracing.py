@@ -7,6 +7,11 @@ OpenTelemetry's samplers decide (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG
 the SDK's default, parentbased_always_on), and travels in the trace flags: rng
 and hasher log a line only for a sampled call, so untraced traffic pays one
 header lookup and no line.
+
+With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set,
+the spans are also the OpenTelemetry SDK's, exported over OTLP/HTTP in batches
+(the SDK reads its own variables: sampler, service name, headers). Without it
+the SDK is never imported: no export, no cost.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 _HEADER = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
@@ -27,13 +33,23 @@ SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
             "parentbased_always_off", "parentbased_traceidratio")
 
 
+EXPORTING = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                 or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
 @dataclass(frozen=True)
 class Span:
-    """A span's context: what a traceparent carries."""
+    """A span's context: what a traceparent carries; when exporting, with the
+    SDK's span, which end() ends (and so exports)."""
 
     trace_id: str
     span_id: str
     sampled: bool
+    recording: Any = field(default=None, compare=False, repr=False)
+
+    def end(self) -> None:
+        if self.recording is not None:
+            self.recording.end()
 
     @property
     def traceparent(self) -> str:
@@ -90,9 +106,13 @@ def sampler(env: Mapping[str, str] = os.environ) -> tuple[str, float]:
 SAMPLER = sampler()  # read once: a process's environment is set when it starts
 
 
-def start(parent: Span | None, env: Mapping[str, str] | None = None) -> Span:
+def start(parent: Span | None, env: Mapping[str, str] | None = None, *,
+          name: str = "", service: str = "") -> Span:
     """This service's span: a child of `parent` (the caller's), or the root of a
-    new trace; sampled as the configured sampler (SAMPLER, or `env`'s) decides."""
+    new trace; sampled as the configured sampler (SAMPLER, or `env`'s) decides.
+    When exporting, the SDK's span `name` of `service`, with the SDK's ids."""
+    if EXPORTING and env is None:
+        return _exported(parent, name, service)
     name, ratio = SAMPLER if env is None else sampler(env)
     trace_id = parent.trace_id if parent else os.urandom(16).hex()
     if parent is not None and name.startswith("parentbased_"):
@@ -106,17 +126,55 @@ def start(parent: Span | None, env: Mapping[str, str] | None = None) -> Span:
     return Span(trace_id, new_span_id(), sampled)
 
 
-def served(headers: list[tuple[bytes, bytes]]) -> Span | None:
+def served(headers: list[tuple[bytes, bytes]], name: str = "",
+           service: str = "") -> Span | None:
     """A server's span for a request (its ASGI scope's headers) whose caller
     sampled it; None otherwise: rng and hasher never start a trace of their own."""
-    for name, value in headers:
-        if name == b"traceparent":
+    for header, value in headers:
+        if header == b"traceparent":
             if value[53:55] not in SAMPLED_FLAGS:  # most calls: not sampled, done
                 return None
             caller = parse(value.decode("latin-1"))
-            span = start(caller) if caller is not None else None
+            span = start(caller, name=name, service=service) if caller is not None else None
             return span if span is not None and span.sampled else None
     return None
+
+
+_tracers: dict[str, Any] = {}
+
+
+def _exported(parent: Span | None, name: str, service: str) -> Span:
+    """A span of the OpenTelemetry SDK (imported here, only when exporting), its
+    parent the caller's, its ids and sampling the SDK's."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+    context = None
+    if parent is not None:
+        context = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+            int(parent.trace_id, 16), int(parent.span_id, 16), is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if parent.sampled else 0))))
+    recording = _tracer(service).start_span(name or service, context=context,
+                                             kind=SpanKind.SERVER)
+    own = recording.get_span_context()
+    return Span(f"{own.trace_id:032x}", f"{own.span_id:016x}", own.trace_flags.sampled,
+                recording)
+
+
+def _tracer(service: str) -> Any:
+    """One provider and batch exporter a process (per service name): the SDK reads
+    OTEL_TRACES_SAMPLER and the exporter's variables; OTEL_SERVICE_NAME, when
+    set, names the service instead."""
+    if service not in _tracers:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        _tracers[service] = provider.get_tracer("brkcoin")
+    return _tracers[service]
 
 
 def log(message: str, span: Span, **fields: object) -> None:

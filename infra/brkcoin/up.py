@@ -242,7 +242,7 @@ def run_up(args: argparse.Namespace) -> int:
                             os.environ.get("WORKER_TOKEN", ""),
                             log=_logger(platform.logs / "scheduler.log", platform),
                             overlap=args.overlap, max_seconds=settings.max_seconds,
-                            new_trace=lambda: tracing.start(None).traceparent)
+                            new_trace=lambda: tick_trace(tracing))
     if "worker" not in args.timeout:  # an invocation mines for most of a tick
         platform.services["worker"].door.rules.request_timeout = FUNCTIONS["worker"].timeout_for(
             trigger.mining_seconds(longest_tick(schedule)))
@@ -265,6 +265,14 @@ def run_up(args: argparse.Namespace) -> int:
         runfile.remove(args.data_dir, runfile.STACK, runfile.STATUS, runfile.CONTROL)
         print("brkcoin: stopped every process it started.", flush=True)
     return 0
+
+
+def tick_trace(tracing: ModuleType) -> str:
+    """A tick's trace: its span (the scheduler's, ended as the tick fires its
+    invocations, exported when OTLP is set) as the traceparent they carry."""
+    span = tracing.start(None, name="tick", service="scheduler")
+    span.end()
+    return str(span.traceparent)
 
 
 def longest_tick(schedule: Interval | Cron, ticks: int = 10) -> float:
