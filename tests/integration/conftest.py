@@ -116,11 +116,20 @@ def up(tmp_path):
 
     yield start
     for each in started:
+        # Only this `up`'s own processes: the test process may run others that
+        # outlive this test (another module's session stack, under xdist).
+        family = []
         if each.process.poll() is None:
+            try:
+                family = each.descendants()
+            except psutil.NoSuchProcess:
+                pass
             each.process.kill()
-        for child in psutil.Process().children(recursive=True):
-            if child.pid != each.process.pid:
+        for child in family:
+            try:
                 child.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 def _running(process: psutil.Process) -> bool:
