@@ -24,7 +24,7 @@ def _traced_lines(log: Path) -> list[dict]:
 
 def test_a_callers_trace_reaches_rng_and_hasher_only_when_sampled(mining_stack) -> None:
     worker, rng, hasher = (mining_stack[n] for n in ("worker", "rng", "hasher"))
-    answer = requests.post(worker.url, json={"seconds": 0.5, "batch": 4}, timeout=30,
+    answer = requests.post(worker.url, json={"seconds": 1.0, "batch": 4}, timeout=30,
                            headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
     assert answer.status_code == 200 and answer.json()["trace"] == TRACE
     [summary] = [line for line in _traced_lines(worker.log) if "worker" in line]
@@ -37,7 +37,7 @@ def test_a_callers_trace_reaches_rng_and_hasher_only_when_sampled(mining_stack) 
         assert all(line["message"].endswith(": 200") for line in lines)
     # Not sampled by its caller: the trace id goes on, and no call is logged.
     unsampled = "0af7651916cd43dd8448eb211c80319c"
-    answer = requests.post(worker.url, json={"seconds": 0.5, "batch": 4}, timeout=30,
+    answer = requests.post(worker.url, json={"seconds": 1.0, "batch": 4}, timeout=30,
                            headers={"traceparent": f"00-{unsampled}-{SPAN}-00"})
     assert answer.json()["trace"] == unsampled
     for upstream in (rng, hasher):
