@@ -52,6 +52,7 @@ def test_a_flush_refused_for_a_bad_key_writes_nothing(
     assert not client.keys("brkcoin:flush:*")
 
 
+@pytest.mark.alone  # freezes Redis 1.3 s into a 3 s invocation, mid-flush: timing
 def test_a_frozen_redis_leaves_exact_unrecorded_and_in_doubt_counts(mining_stack,
                                                                    start_function, worker_env):
     redis_server = mining_stack["redis"]
