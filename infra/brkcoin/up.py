@@ -313,7 +313,7 @@ class Status:
         self.tty = sys.stdout.isatty()
         self.last_print = 0.0
         self.recorded: list[tuple[str, int]] = []
-        self.mining: mining_metrics.Wallet | None = None  # the last beat's reading
+        self.mining: mining_metrics.Wallet | None = None  # the last scrape's reading
         platform.metrics.registry.register(mining_metrics.MiningCollector(
             lambda: self.mining, lambda: trigger.lost))
         platform.metrics.before_scrape.append(self.read_wallet)
@@ -337,11 +337,12 @@ class Status:
         self.apply_control()
         state = platform.state() | {"scheduler": _scheduler_state(
             self.scheduler, self.trigger, self.schedule)}
-        await self.read_wallet()
-        reading = self.mining
-        state["wallet"] = None if reading is None else {
-            "hashes": reading.hashes, "coins": reading.coins, "now": reading.now,
-            "rate": round(self.meter.add(reading.now, reading.hashes), 2)}
+        try:
+            reading = await wallet.read_async(self.wallet)
+            state["wallet"] = {**reading, "rate": round(self.meter.add(reading["now"],
+                                                                        reading["hashes"]), 2)}
+        except (redis.RedisError, OSError, TimeoutError, ValueError):
+            state["wallet"] = None
         disk.write("status.json", lambda: runfile.write(self.data_dir, runfile.STATUS, state))
         self.record()
         line = status_line(state)
@@ -352,7 +353,7 @@ class Status:
             self.last_print = time.monotonic()
 
     async def read_wallet(self) -> None:
-        """The wallet now, for the status line and each scrape (None: no answer)."""
+        """The wallet and its totals now, for a scrape (None: no answer)."""
         try:
             self.mining = await mining_metrics.read(self.wallet)
         except (redis.RedisError, OSError, TimeoutError, ValueError):

@@ -91,3 +91,33 @@ def test_without_a_reading_only_the_wallet_being_down_and_the_losses_are_said() 
         calls={"rng": 1, "hasher": 0}, errors={"rng": 0, "hasher": 0, "redis": 0})))
     assert got[("brkcoin_upstream_calls_total", (("upstream", "rng"),))] == 1
     assert not any(name.startswith("brkcoin_upstream_duration") for name, _ in got)
+
+
+def test_the_wallet_is_read_with_its_totals_bounded(redis_server) -> None:
+    """Against a real Redis: the totals as the worker keeps them are read; a totals
+    key of another type, or stuffed far past what the worker writes, is not (the
+    counters still are)."""
+    import asyncio
+
+    import redis.asyncio
+
+    from brkcoin.platform.mining_metrics import MAX_FIELDS, TOTALS, read
+
+    async def reading() -> Wallet:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            return await read(client)
+        finally:
+            await client.aclose()
+
+    plain = redis_server.client()
+    plain.set("hashes", 42)
+    plain.hset(TOTALS, mapping={"flushes": 3, "rng:calls": 9})
+    got = asyncio.run(reading())
+    assert (got.hashes, got.totals.flushes, got.totals.calls["rng"]) == (42, 3, 9)
+    plain.hset(TOTALS, mapping={f"junk:{n}": 1 for n in range(MAX_FIELDS)})
+    got = asyncio.run(reading())
+    assert got.hashes == 42 and got.totals is None
+    plain.delete(TOTALS)
+    plain.set(TOTALS, "x")
+    assert asyncio.run(reading()).totals is None

@@ -3,9 +3,9 @@
 What every worker instance flushed adds up in the wallet's `brkcoin:totals`
 hash, written by the flush script itself (so exactly once, like the counts; see
 functions/worker/wallet.py). The platform reads it with the DockerCoins counters
-(`hashes`, `HLEN wallet`) in one round trip at each scrape (1 s at most; and at
-each beat, for its status line), so a sample is the wallet at its scrape's
-time. No single worker instance could speak for the others, and each one lives
+(`hashes`, `HLEN wallet`) at each scrape (1 s at most), so a sample is the
+wallet at its scrape's time; the beats read only the counters, for the status
+line. No single worker instance could speak for the others, and each one lives
 for an invocation; the wallet outlives them all.
 
 What never reached Redis cannot be counted there: the unrecorded hashes and coins
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -30,6 +29,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from brkcoin import wallet
 
 TOTALS = "brkcoin:totals"
 UPSTREAMS = ("rng", "hasher")
@@ -101,19 +102,30 @@ class Wallet:
     totals: Totals | None
 
 
+MAX_FIELDS = 1000  # the worker writes about 100; a stuffed hash is not read at all
+# HGETALL only when the hash is the size the worker keeps: copying a huge one
+# would cost Redis (and each scrape) as much as it holds. pcall: a wrong type
+# answers its WRONGTYPE error.
+TOTALS_READ = """
+local n = redis.pcall('HLEN', KEYS[1])
+if type(n) ~= 'number' then return n end
+if n > tonumber(ARGV[1]) then return redis.error_reply('TOOBIG ' .. n .. ' fields') end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
 async def read(client: redis.asyncio.Redis) -> Wallet:
-    """The wallet in one round trip. A wrong-typed totals key costs the totals
-    only; an error on the counters raises, as wallet.read_async does."""
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.get("hashes")
-        pipe.hlen("wallet")
-        pipe.hgetall(TOTALS)
-        hashes, coins, totals = await pipe.execute(raise_on_error=False)
-    for answer in (hashes, coins):
-        if isinstance(answer, Exception):
-            raise answer
-    return Wallet(int(hashes or 0), int(coins), time.time(),
-                  None if isinstance(totals, Exception) else parse_totals(totals))
+    """The wallet: its counters as wallet.read_async reads them (an error there
+    raises), then the totals, bounded; a totals key of another type, or far too
+    big, costs the totals only."""
+    counters = await wallet.read_async(client)
+    try:
+        flat = await client.eval(TOTALS_READ, 1, TOTALS, MAX_FIELDS)
+    except redis.ResponseError:
+        totals = None
+    else:
+        totals = parse_totals(dict(zip(flat[::2], flat[1::2], strict=True)))
+    return Wallet(counters["hashes"], counters["coins"], counters["now"], totals)
 
 
 def _histogram(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
